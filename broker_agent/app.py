@@ -1,0 +1,151 @@
+"""The agent: one TaskGroup holding the watcher and the MQTT session loop.
+
+Per connection: subscribe, learn the retained configs, reconcile, start the provisioning
+responder, then announce ``online``. Any ``MqttError`` ends the session; the loop backs off and
+starts a new one, and the watcher keeps queueing changes meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+
+from firmware_contracts.topics import TopicKind, TopicMatch, Topics
+from broker_agent.core.reconcile import PruneGuard
+from broker_agent.edges.broker_process import MosquittoProcess
+from broker_agent.edges.mqtt import Backoff, make_client, run_forever_connected
+from broker_agent.edges.watcher import DirectoryWatcher
+from broker_agent.logs import get_logger
+from broker_agent.services.agent_events import AgentPresence
+from broker_agent.services.config_publisher import ConfigPublisher
+from broker_agent.services.provisioning_responder import ProvisioningResponder
+from broker_agent.settings import AgentSettings
+
+log = get_logger(__name__)
+
+Handler = Callable[[TopicMatch, aiomqtt.Message], None]
+
+
+async def dispatch(client: aiomqtt.Client, topics: Topics, handlers: dict[TopicKind, Handler]) -> None:
+    """Route every incoming message to its service by topic; one bad message stops nothing."""
+    async for message in client.messages:
+        topic = str(message.topic)
+        match = topics.parse(topic)
+        handler = handlers.get(match.kind) if match else None
+        if match is None or handler is None:
+            log.info("message_ignored", topic=topic[:200], reason="not a contract topic for us")
+            continue
+        try:
+            handler(match, message)
+        except Exception:  # noqa: BLE001 - the one place that keeps the session alive
+            log.exception("message_handler_failed", topic=topic[:200])
+
+
+@dataclass
+class Agent:
+    settings: AgentSettings
+    broker_url: str
+    online: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.topics = Topics(s.topic_root)
+        self.presence = AgentPresence(self.topics, s.agent_id)
+        self.publisher = ConfigPublisher(
+            s.config_dir,
+            self.topics,
+            self.presence,
+            guard=PruneGuard(s.prune_max_share, s.prune_min_devices),
+            max_bytes=s.max_config_bytes,
+            concurrency=s.publish_concurrency,
+        )
+        self.responder = ProvisioningResponder(s, self.topics, self.presence)
+        self.watcher = DirectoryWatcher(
+            s.config_dir,
+            self.publisher.on_file_changes,
+            self.publisher.on_watch_restart,
+            debounce_ms=s.watch_debounce_ms,
+        )
+
+    async def run(self) -> None:
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.watcher.run(), name="config-watcher")
+            group.create_task(self.responder.watch_secrets(), name="secrets-watcher")
+            await self.watcher.ready.wait()
+            group.create_task(
+                run_forever_connected(self._connect, self._session, backoff, self._disconnected),
+                name="mqtt-session-loop",
+            )
+
+    def _connect(self) -> aiomqtt.Client:
+        return make_client(
+            self.settings, self.broker_url, client_id=self.settings.agent_id, will=self.presence.will()
+        )
+
+    def _disconnected(self, error: Exception, delay: float) -> None:
+        self.online.clear()
+        self.presence.client = None
+        log.warning("broker_disconnected", error=str(error), retry_in_s=round(delay, 2))
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        handlers: dict[TopicKind, Handler] = {
+            TopicKind.DEVICE_CONFIG: self.publisher.on_message,
+            TopicKind.AGENT_SYNC: self.publisher.on_message,
+            TopicKind.PROVISION_REQUEST: self.responder.on_message,
+        }
+        self.presence.client = client
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(dispatch(client, self.topics, handlers), name="mqtt-dispatch")
+                await self.publisher.subscribe_and_sync(client)
+                await self.publisher.reconcile(client)
+                group.create_task(self.publisher.drain(client), name="config-drain")
+                await self.responder.start(client, group)
+                await self.presence.publish_status(client, len(self.publisher.retained))
+                self.online.set()
+                log.info("agent_online", agent_id=self.settings.agent_id, broker=_display(self.broker_url))
+        except asyncio.CancelledError:
+            await _say_offline(self.presence, client)
+            raise
+
+
+async def _say_offline(presence: AgentPresence, client: aiomqtt.Client) -> None:
+    try:
+        await presence.publish_offline(client)
+    except aiomqtt.MqttError:
+        pass
+
+
+def _display(url: str) -> str:
+    from broker_agent.edges.mqtt import BrokerUrl
+
+    return BrokerUrl.parse(url).display()
+
+
+async def run_agent(settings: AgentSettings, started: Callable[[Agent], None] | None = None) -> None:
+    """Run the agent until cancelled; without a broker URL, inside a private Mosquitto."""
+    broker: MosquittoProcess | None = None
+    url = settings.broker_url
+    if url is None:
+        broker = MosquittoProcess.from_file(
+            settings.mosquitto_conf,
+            settings.broker_data_dir.resolve(),
+            settings.broker_port,
+            binary=settings.mosquitto_bin,
+        )
+        await asyncio.to_thread(broker.start)
+        url = broker.url
+        log.info("private_broker_started", url=url, data_dir=str(settings.broker_data_dir))
+    try:
+        agent = Agent(settings, url)
+        if started is not None:
+            started(agent)
+        await agent.run()
+    finally:
+        if broker is not None:
+            broker.stop()
+            log.info("private_broker_stopped")

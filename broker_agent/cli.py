@@ -1,0 +1,171 @@
+"""``broker-agent``: run | station | provision | flash.
+
+Every option also reads ``BROKER_AGENT_<OPTION>`` from the environment; a flag given on the
+command line wins. Errors a user can fix end the process with one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from broker_agent import __version__
+from broker_agent.errors import SetupError
+from broker_agent.logs import configure_logging
+from broker_agent.settings import AgentSettings, MqttSettings, StationSettings
+
+EXIT_SETUP = 2
+
+
+def _size(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (decimal or 0x hex)") from exc
+
+
+def _add_mqtt_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("broker (env BROKER_AGENT_<OPTION>)")
+    group.add_argument("--broker-url", help="mqtt://host[:port], mqtts://..., unix:///path")
+    group.add_argument("--mqtt-username")
+    group.add_argument("--mqtt-password-file", help="file whose first line is the password")
+    group.add_argument("--ca-file", help="CA bundle for mqtts:// (verification is on by default)")
+    group.add_argument("--topic-root", help="topic root (default: iot)")
+    group.add_argument("--log-format", choices=["auto", "json", "console"])
+    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broker-agent",
+        description="Run an ESP32 fleet and its flashing bench from MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="the agent: config publisher + provisioning responder")
+    _add_mqtt_options(run)
+    run.add_argument("--agent-id")
+    run.add_argument("--config-dir", help="directory of <device_id>.json files (default: configs)")
+    run.add_argument("--secrets-dir", help="credentials directory (default: secrets)")
+    run.add_argument("--broker-port", type=int, help="port of the private Mosquitto (default 1883)")
+    run.add_argument("--mosquitto-conf", help="base config of the private Mosquitto")
+    run.add_argument("--broker-data-dir", help="where the private Mosquitto keeps its data")
+    run.add_argument(
+        "--issue-credentials", action="store_const", const=True, default=None,
+        help="generate missing client_id/client_secret on first provisioning",
+    )
+
+    station = commands.add_parser("station", help="the flash station daemon")
+    _add_mqtt_options(station)
+    station.add_argument("--station-id")
+    station.add_argument("--simulate", type=int, metavar="N", help="serve N simulated ESP32 boards")
+    station.add_argument("--manufacturing-log", help="JSON-lines log of finished jobs")
+    station.add_argument("--provision-timeout-s", type=float)
+
+    provision = commands.add_parser("provision", help="fetch a device's NVS image and save it")
+    _add_mqtt_options(provision)
+    provision.add_argument("device_id")
+    provision.add_argument("--partition-size", type=_size, required=True, help="bytes, e.g. 0x5000")
+    provision.add_argument("-o", "--output", required=True, help="file to write the image to")
+    provision.add_argument("--offline", action="store_true", help="build locally from --secrets-dir")
+    provision.add_argument("--secrets-dir")
+    provision.add_argument("--config-dir", help="with --offline: where device configs live")
+    provision.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent")
+
+    flash = commands.add_parser("flash", help="provision one attached board now")
+    _add_mqtt_options(flash)
+    flash.add_argument("device_id")
+    flash.add_argument("--port", help="serial port or pyserial URL (socket://host:port)")
+    flash.add_argument("--baud", type=int, default=460800)
+    flash.add_argument("--after", choices=["no_reset", "hard_reset"], default="no_reset")
+    flash.add_argument("--expected-mac")
+    flash.add_argument("--offline", action="store_true", help="build the image from --secrets-dir")
+    flash.add_argument("--secrets-dir")
+    flash.add_argument("--config-dir", help="with --offline: where device configs live")
+    flash.add_argument("--station-id")
+    flash.add_argument("--manufacturing-log")
+    flash.add_argument("--provision-timeout-s", type=float)
+    return parser
+
+
+_SETTINGS_FIELDS = {
+    "broker_url", "mqtt_username", "mqtt_password_file", "ca_file", "topic_root", "log_format",
+    "log_level", "agent_id", "config_dir", "secrets_dir", "broker_port", "mosquitto_conf",
+    "broker_data_dir", "issue_credentials", "station_id", "simulate", "manufacturing_log",
+    "provision_timeout_s",
+}
+
+
+def settings_from(args: argparse.Namespace, cls: type[MqttSettings]) -> Any:
+    overrides = {
+        key: value
+        for key, value in vars(args).items()
+        if key in _SETTINGS_FIELDS and key in cls.model_fields and value is not None
+    }
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SetupError(f"invalid settings: {problems}") from None
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
+    """Run ``main`` until done or until SIGTERM/SIGINT cancels it (clean shutdown)."""
+
+    async def runner() -> int | None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await main()
+        except asyncio.CancelledError:
+            return 0
+
+    return asyncio.run(runner()) or 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SetupError as exc:
+        print(f"broker-agent: error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from broker_agent.app import run_agent
+
+        agent_settings: AgentSettings = settings_from(args, AgentSettings)
+        configure_logging(agent_settings.log_format, agent_settings.log_level)
+        return run_async(lambda: run_agent(agent_settings))
+    if args.command == "provision":
+        from broker_agent.services.provision_client import provision_command
+
+        return provision_command(args, settings_from(args, AgentSettings))
+    station_settings: StationSettings = settings_from(args, StationSettings)
+    configure_logging(station_settings.log_format, station_settings.log_level)
+    if args.command == "station":
+        from broker_agent.services.station import run_station
+
+        return run_async(lambda: run_station(station_settings))
+    from broker_agent.services.flash_command import flash_command
+
+    return flash_command(args, station_settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The one place that builds MQTT clients: URLs, TLS, credentials, publish pools, backoff.
+
+Measured traps handled here (see docs/benchmarks.md): aiomqtt leaves Nagle on (a 44 ms stall
+per reply), warns on every publish past 10 pending calls, and scans all pending calls on each
+publish, so bulk publishing goes through a bounded pool of tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from broker_agent.errors import SetupError
+from broker_agent.settings import MqttSettings
+
+MqttError = aiomqtt.MqttError
+Message = aiomqtt.Message
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    scheme: str  # mqtt | mqtts | unix
+    host: str
+    port: int
+    path: str = ""
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "unix":
+            path = parts.path or parts.netloc
+            if not path:
+                raise SetupError(f"broker URL {url!r}: unix:// needs a socket path")
+            return cls("unix", "", 0, path=path)
+        if scheme not in ("mqtt", "mqtts"):
+            raise SetupError(
+                f"broker URL {_redact(url)!r}: scheme must be mqtt://, mqtts:// or unix://"
+            )
+        if not parts.hostname:
+            raise SetupError(f"broker URL {_redact(url)!r} has no host")
+        try:
+            port = parts.port or (8883 if scheme == "mqtts" else 1883)
+        except ValueError as exc:
+            raise SetupError(f"broker URL {_redact(url)!r}: bad port") from exc
+        return cls(
+            scheme,
+            parts.hostname,
+            port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def display(self) -> str:
+        """The URL without credentials, for logs."""
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+    qos: int = 1
+
+
+def make_client(
+    settings: MqttSettings,
+    url: str,
+    *,
+    client_id: str,
+    will: Will | None = None,
+    timeout: float = 10.0,
+) -> aiomqtt.Client:
+    """An MQTT v5 client for ``url``, with TCP_NODELAY, TLS and credentials from settings."""
+    broker = BrokerUrl.parse(url)
+    username = broker.username or settings.mqtt_username
+    password = broker.password if broker.password is not None else settings.password()
+    tls_context: ssl.SSLContext | None = None
+    if broker.scheme == "mqtts":
+        tls_context = ssl.create_default_context(
+            cafile=str(settings.ca_file) if settings.ca_file else None
+        )
+        if settings.tls_insecure:
+            tls_context.check_hostname = False
+            tls_context.verify_mode = ssl.CERT_NONE
+    socket_options: list[tuple[int, int, int]] = []
+    if broker.scheme != "unix":
+        socket_options.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
+    client = aiomqtt.Client(
+        broker.path if broker.scheme == "unix" else broker.host,
+        broker.port,
+        transport="unix" if broker.scheme == "unix" else "tcp",
+        identifier=client_id,
+        username=username,
+        password=password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=True,
+        will=(
+            aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain)
+            if will
+            else None
+        ),
+        tls_context=tls_context,
+        tls_insecure=settings.tls_insecure if tls_context else None,
+        socket_options=socket_options,
+        max_inflight_messages=1000,
+        timeout=timeout,
+        keepalive=30,
+    )
+    client.pending_calls_threshold = 100_000  # its per-publish warning is noise for us
+    return client
+
+
+def response_properties(
+    correlation_data: bytes | None = None, expiry_s: int | None = None
+) -> Properties:
+    """A fresh PUBLISH properties object (never reuse one across publishes)."""
+    props = Properties(PacketTypes.PUBLISH)
+    if correlation_data is not None:
+        props.CorrelationData = correlation_data
+    if expiry_s is not None:
+        props.MessageExpiryInterval = expiry_s
+    return props
+
+
+def request_properties(response_topic: str, correlation_data: bytes) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = response_topic
+    props.CorrelationData = correlation_data
+    return props
+
+
+def message_property(message: aiomqtt.Message, name: str) -> Any:
+    props = message.properties
+    return getattr(props, name, None) if props is not None else None
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+async def publish_many(
+    client: aiomqtt.Client,
+    messages: Iterable[OutgoingMessage],
+    *,
+    concurrency: int = 128,
+    on_done: Callable[[OutgoingMessage], None] | None = None,
+) -> int:
+    """Publish through a bounded pool of tasks; returns how many were acknowledged."""
+    queue: asyncio.Queue[OutgoingMessage] = asyncio.Queue()
+    for message in messages:
+        queue.put_nowait(message)
+    count = queue.qsize()
+
+    async def worker() -> None:
+        while True:
+            try:
+                message = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await client.publish(
+                message.topic, message.payload, qos=message.qos, retain=message.retain
+            )
+            if on_done is not None:
+                on_done(message)
+
+    async with asyncio.TaskGroup() as group:
+        for index in range(min(concurrency, count)):
+            group.create_task(worker(), name=f"publish-worker-{index}")
+    return count
+
+
+class Backoff:
+    """Jittered exponential backoff, capped: 0.5 s, ~1 s, ~2 s ... up to ``maximum``."""
+
+    def __init__(self, minimum: float = 0.5, maximum: float = 30.0) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.minimum * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@asynccontextmanager
+async def connected(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
+    """``async with client`` with connection failures surfaced as ``MqttError``."""
+    try:
+        async with client:
+            yield client
+    except OSError as exc:  # refused, unreachable, TLS handshake: all mean "try again later"
+        raise aiomqtt.MqttError(f"cannot connect: {exc}") from exc
+
+
+async def run_forever_connected(
+    connect: Callable[[], aiomqtt.Client],
+    session: Callable[[aiomqtt.Client], Awaitable[None]],
+    backoff: Backoff,
+    on_disconnect: Callable[[Exception, float], None],
+) -> None:
+    """The reconnect loop: run ``session`` on a fresh connection until cancelled."""
+    while True:
+        try:
+            async with connected(connect()) as client:
+                backoff.reset()
+                await session(client)
+        except* aiomqtt.MqttError as group:
+            delay = backoff.next_delay()
+            on_disconnect(group.exceptions[0], delay)
+            await asyncio.sleep(delay)

@@ -1,0 +1,66 @@
+"""Publishing the agent's events and status; every event is also logged (without secrets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiomqtt
+
+from firmware_contracts.codes import AgentEventName, PresenceState
+from firmware_contracts.payloads import AgentEvent, AgentStatus, ErrorDetail, utc_timestamp
+from firmware_contracts.topics import Topics
+from broker_agent import __version__
+from broker_agent.edges.mqtt import Will
+from broker_agent.logs import get_logger
+
+log = get_logger("broker_agent.events")
+
+
+class AgentPresence:
+    def __init__(self, topics: Topics, agent_id: str) -> None:
+        self.topics = topics
+        self.agent_id = agent_id
+        self.client: aiomqtt.Client | None = None
+        self.since = utc_timestamp()
+
+    @property
+    def status_topic(self) -> str:
+        return self.topics.agent_status(self.agent_id)
+
+    def will(self) -> Will:
+        offline = AgentStatus(state=PresenceState.OFFLINE, agent_id=self.agent_id)
+        return Will(self.status_topic, offline.to_json())
+
+    async def publish_status(self, client: aiomqtt.Client, devices: int) -> None:
+        status = AgentStatus(
+            state=PresenceState.ONLINE,
+            agent_id=self.agent_id,
+            version=__version__,
+            devices=devices,
+            since=self.since,
+        )
+        await client.publish(self.status_topic, status.to_json(), qos=1, retain=True)
+
+    async def publish_offline(self, client: aiomqtt.Client) -> None:
+        await client.publish(self.status_topic, self.will().payload, qos=1, retain=True, timeout=2)
+
+    async def emit(self, event: AgentEventName, **fields: Any) -> None:
+        """Publish one event (QoS 0, not retained) when connected; always log it."""
+        error = fields.pop("error", None)
+        if error is not None and not isinstance(error, ErrorDetail):
+            error = ErrorDetail(code=str(error[0]), message=str(error[1]))
+        payload = AgentEvent(event=event, ts=utc_timestamp(), error=error, **fields)
+        log_fields = {k: v for k, v in payload.dump().items() if k not in ("event", "ts")}
+        if event in (AgentEventName.CONFIG_REJECTED, AgentEventName.PRUNE_BLOCKED):
+            log.warning(str(event), **log_fields)
+        elif event is AgentEventName.CONFIG_PUBLISHED:
+            log.debug(str(event), **log_fields)  # thousands at start-up; summarised at info
+        else:
+            log.info(str(event), **log_fields)
+        client = self.client
+        if client is None:
+            return
+        try:
+            await client.publish(self.topics.agent_events(self.agent_id), payload.to_json(), qos=0)
+        except aiomqtt.MqttError:
+            pass  # the connection is going away; the session loop reconnects and reconciles

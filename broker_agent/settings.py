@@ -1,0 +1,112 @@
+"""Settings: every option has a ``BROKER_AGENT_<OPTION>`` environment variable.
+
+Command-line flags override the environment; the environment overrides the defaults here.
+Secrets (the MQTT password) are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from firmware_contracts.identifiers import check_identifier
+from firmware_contracts.topics import DEFAULT_ROOT, check_root
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def _default_id(prefix: str) -> str:
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname().lower())
+    return f"{prefix}-{host}".strip("-_")[:64] or prefix
+
+
+class MqttSettings(BaseSettings):
+    """How to reach the broker; shared by every command."""
+
+    model_config = SettingsConfigDict(env_prefix="BROKER_AGENT_", extra="ignore")
+
+    broker_url: str | None = Field(
+        default=None,
+        description="mqtt://[user:pass@]host[:port], mqtts://..., unix:///path. "
+        "Unset for `run`: start a private Mosquitto.",
+    )
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_password_file: Path | None = Field(
+        default=None, description="File holding the MQTT password (first line)."
+    )
+    ca_file: Path | None = Field(default=None, description="CA bundle for mqtts:// brokers.")
+    tls_insecure: bool = Field(
+        default=False, description="Skip TLS certificate verification (testing only)."
+    )
+    topic_root: str = DEFAULT_ROOT
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("topic_root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        return check_root(value)
+
+    def password(self) -> str | None:
+        if self.mqtt_password is not None:
+            return self.mqtt_password.get_secret_value()
+        if self.mqtt_password_file is not None:
+            lines = self.mqtt_password_file.read_text(encoding="utf-8").splitlines()
+            return lines[0] if lines else ""
+        return None
+
+
+class AgentSettings(MqttSettings):
+    """``broker-agent run``: config publisher + provisioning responder."""
+
+    agent_id: str = Field(default_factory=lambda: _default_id("agent"))
+    config_dir: Path = Path("configs")
+    secrets_dir: Path = Path("secrets")
+    issue_credentials: bool = False
+    max_config_bytes: int = Field(default=256 * 1024, gt=0)
+    prune_max_share: float = Field(
+        default=0.5, ge=0, le=1, description="Block clearing more than this share of the fleet."
+    )
+    prune_min_devices: int = Field(
+        default=5, ge=0, description="...and more than this many devices at once."
+    )
+    watch_debounce_ms: int = Field(default=50, ge=1)
+    publish_concurrency: int = Field(default=128, ge=1, le=1000)
+    provision_shared_group: str | None = Field(
+        default="broker-agents",
+        description="MQTT v5 shared-subscription group for provisioning requests "
+        "(replicas in one group split the requests); empty for a plain subscription.",
+    )
+    # the private broker started when broker_url is unset
+    broker_port: int = Field(default=1883, ge=1, le=65535)
+    mosquitto_conf: Path = PROJECT_DIR / "mosquitto.conf"
+    mosquitto_bin: str = "mosquitto"
+    broker_data_dir: Path = Path(".broker-agent/mosquitto")
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_id(cls, value: str) -> str:
+        return check_identifier(value, "agent_id")
+
+
+class StationSettings(MqttSettings):
+    """``broker-agent station`` and ``broker-agent flash``."""
+
+    station_id: str = Field(default_factory=lambda: _default_id("station"))
+    secrets_dir: Path = Path("secrets")
+    provision_timeout_s: float = Field(default=10.0, gt=0)
+    manufacturing_log: Path = Path("manufacturing-log.jsonl")
+    port_scan_interval_s: float = Field(default=2.0, gt=0)
+    simulate: int = Field(default=0, ge=0, le=32, description="Serve N simulated boards.")
+
+    @field_validator("station_id")
+    @classmethod
+    def _station_id(cls, value: str) -> str:
+        return check_identifier(value, "station_id")

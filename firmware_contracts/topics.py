@@ -1,0 +1,199 @@
+"""Every MQTT topic of the contract: one table of templates, builders and a parser.
+
+The table ``TOPICS`` is the single definition; the builders below and the generated C header
+both read it. A template's placeholders are ``{root}`` and identifiers (``{device_id}``,
+``{agent_id}``, ``{station_id}``); identifiers are validated before they reach a topic, so a
+wildcard or a separator can never be smuggled into one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from firmware_contracts.identifiers import check_identifier, is_identifier
+
+DEFAULT_ROOT = "iot"
+_ROOT_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class TopicKind(StrEnum):
+    DEVICE_CONFIG = "device_config"
+    DEVICE_CONFIG_APPLIED = "device_config_applied"
+    AGENT_STATUS = "agent_status"
+    AGENT_EVENTS = "agent_events"
+    AGENT_SYNC = "agent_sync"
+    PROVISION_REQUEST = "provision_request"
+    PROVISION_RESPONSE = "provision_response"
+    STATION_STATUS = "station_status"
+    FLASH_REQUEST = "flash_request"
+    FLASH_CANCEL = "flash_cancel"
+    FLASH_RESPONSE = "flash_response"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    kind: TopicKind
+    template: str  # relative to the root, e.g. "devices/{device_id}/config"
+    retained: bool
+    qos: int
+    publisher: str
+    description: str
+
+    @property
+    def id_name(self) -> str:
+        return self.template.split("{", 1)[1].split("}", 1)[0]
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self.template.split("/"))
+
+
+TOPICS: dict[TopicKind, TopicSpec] = {
+    spec.kind: spec
+    for spec in (
+        TopicSpec(TopicKind.DEVICE_CONFIG, "devices/{device_id}/config", True, 1, "agent",
+                  "A device's current config envelope; empty retained payload when deleted."),
+        TopicSpec(TopicKind.DEVICE_CONFIG_APPLIED, "devices/{device_id}/config/applied", False, 1,
+                  "device", "Optional acknowledgement from the firmware."),
+        TopicSpec(TopicKind.AGENT_STATUS, "agents/{agent_id}/status", True, 1, "agent",
+                  "Agent presence; the MQTT will sets it offline."),
+        TopicSpec(TopicKind.AGENT_EVENTS, "agents/{agent_id}/events", False, 1, "agent",
+                  "One message per notable agent event."),
+        TopicSpec(TopicKind.AGENT_SYNC, "agents/{agent_id}/sync", False, 0, "agent",
+                  "The agent's own marker: once it arrives, every retained config was seen."),
+        TopicSpec(TopicKind.PROVISION_REQUEST, "provision/{device_id}/request", False, 1,
+                  "station", "Request for a device's NVS partition image."),
+        TopicSpec(TopicKind.PROVISION_RESPONSE, "provision/{device_id}/response", False, 1,
+                  "agent", "Default response topic; v5 requesters may use a topic below it."),
+        TopicSpec(TopicKind.STATION_STATUS, "stations/{station_id}/status", True, 1, "station",
+                  "Station presence and attached ports; the MQTT will sets it offline."),
+        TopicSpec(TopicKind.FLASH_REQUEST, "stations/{station_id}/flash/request", False, 1,
+                  "operator", "Command: provision one attached board."),
+        TopicSpec(TopicKind.FLASH_CANCEL, "stations/{station_id}/flash/cancel", False, 1,
+                  "operator", "Cancel a running flash job."),
+        TopicSpec(TopicKind.FLASH_RESPONSE, "stations/{station_id}/flash/response", False, 1,
+                  "station", "Default topic of a flash job's event stream."),
+    )
+}
+
+
+def check_root(root: str) -> str:
+    """A topic root is one or more plain segments separated by ``/``."""
+    if not all(_ROOT_SEGMENT.fullmatch(part) for part in root.split("/")):
+        raise ValueError(
+            f"topic root {root!r} must be '/'-separated segments of A-Z, a-z, 0-9, '_', '-'"
+        )
+    return root
+
+
+@dataclass(frozen=True)
+class TopicMatch:
+    kind: TopicKind
+    identifier: str
+    suffix: str = ""  # what follows a provisioning response topic, e.g. "station-1/job-7"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic builders for one root. ``Topics("iot").device_config("kitchen-01")``."""
+
+    root: str = DEFAULT_ROOT
+    _root_parts: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_root(self.root)
+        object.__setattr__(self, "_root_parts", tuple(self.root.split("/")))
+
+    def build(self, kind: TopicKind, identifier: str) -> str:
+        spec = TOPICS[kind]
+        check_identifier(identifier, spec.id_name)
+        return f"{self.root}/" + spec.template.replace("{" + spec.id_name + "}", identifier)
+
+    def filter(self, kind: TopicKind) -> str:
+        """The subscription filter for ``kind`` across all identifiers (``+`` for the id)."""
+        spec = TOPICS[kind]
+        return f"{self.root}/" + spec.template.replace("{" + spec.id_name + "}", "+")
+
+    def device_config(self, device_id: str) -> str:
+        return self.build(TopicKind.DEVICE_CONFIG, device_id)
+
+    def device_config_applied(self, device_id: str) -> str:
+        return self.build(TopicKind.DEVICE_CONFIG_APPLIED, device_id)
+
+    def agent_status(self, agent_id: str) -> str:
+        return self.build(TopicKind.AGENT_STATUS, agent_id)
+
+    def agent_events(self, agent_id: str) -> str:
+        return self.build(TopicKind.AGENT_EVENTS, agent_id)
+
+    def agent_sync(self, agent_id: str) -> str:
+        return self.build(TopicKind.AGENT_SYNC, agent_id)
+
+    def provision_request(self, device_id: str) -> str:
+        return self.build(TopicKind.PROVISION_REQUEST, device_id)
+
+    def provision_response(self, device_id: str) -> str:
+        return self.build(TopicKind.PROVISION_RESPONSE, device_id)
+
+    def station_status(self, station_id: str) -> str:
+        return self.build(TopicKind.STATION_STATUS, station_id)
+
+    def flash_request(self, station_id: str) -> str:
+        return self.build(TopicKind.FLASH_REQUEST, station_id)
+
+    def flash_cancel(self, station_id: str) -> str:
+        return self.build(TopicKind.FLASH_CANCEL, station_id)
+
+    def flash_response(self, station_id: str) -> str:
+        return self.build(TopicKind.FLASH_RESPONSE, station_id)
+
+    def parse(self, topic: str) -> TopicMatch | None:
+        """Recognise a contract topic; ``None`` for anything else (or an invalid identifier).
+
+        A provisioning response topic may carry a suffix (``.../response/<anything>``).
+        """
+        parts = topic.split("/")
+        n_root = len(self._root_parts)
+        if tuple(parts[:n_root]) != self._root_parts:
+            return None
+        rest = parts[n_root:]
+        for spec in TOPICS.values():
+            segments = spec.segments
+            exact = len(rest) == len(segments)
+            below = spec.kind is TopicKind.PROVISION_RESPONSE and len(rest) > len(segments)
+            if not (exact or below):
+                continue
+            identifier = ""
+            for want, got in zip(segments, rest, strict=False):
+                if want.startswith("{"):
+                    identifier = got
+                elif want != got:
+                    break
+            else:
+                if not is_identifier(identifier):
+                    return None
+                suffix = "/".join(rest[len(segments):])
+                if below and not suffix:
+                    continue
+                return TopicMatch(spec.kind, identifier, suffix)
+        return None
+
+    def parse_identifier(self, kind: TopicKind, topic: str) -> str | None:
+        """The raw identifier segment of a topic of ``kind``, valid or not (for logging)."""
+        parts = topic.split("/")
+        spec = TOPICS[kind]
+        n_root = len(self._root_parts)
+        if tuple(parts[:n_root]) != self._root_parts or len(parts) - n_root != len(spec.segments):
+            return None
+        return parts[n_root + spec.segments.index("{" + spec.id_name + "}")]
+
+    def is_response_topic_for(self, device_id: str, topic: str) -> bool:
+        """True when ``topic`` is the device's response topic or a topic below it."""
+        base = self.provision_response(device_id)
+        if topic == base:
+            return True
+        if not topic.startswith(base + "/") or len(topic) == len(base) + 1:
+            return False
+        return not any(ch in topic for ch in "+#\x00")
