@@ -8,12 +8,12 @@ starts a new one, and the watcher keeps queueing changes meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiomqtt
 
-from firmware_contracts.topics import TopicKind, TopicMatch, Topics
 from broker_agent.core.reconcile import PruneGuard
 from broker_agent.edges.broker_process import MosquittoProcess
 from broker_agent.edges.mqtt import Backoff, make_client, run_forever_connected
@@ -23,13 +23,16 @@ from broker_agent.services.agent_events import AgentPresence
 from broker_agent.services.config_publisher import ConfigPublisher
 from broker_agent.services.provisioning_responder import ProvisioningResponder
 from broker_agent.settings import AgentSettings
+from firmware_contracts.topics import TopicKind, TopicMatch, Topics
 
 log = get_logger(__name__)
 
 Handler = Callable[[TopicMatch, aiomqtt.Message], None]
 
 
-async def dispatch(client: aiomqtt.Client, topics: Topics, handlers: dict[TopicKind, Handler]) -> None:
+async def dispatch(
+    client: aiomqtt.Client, topics: Topics, handlers: dict[TopicKind, Handler]
+) -> None:
     """Route every incoming message to its service by topic; one bad message stops nothing."""
     async for message in client.messages:
         topic = str(message.topic)
@@ -40,7 +43,7 @@ async def dispatch(client: aiomqtt.Client, topics: Topics, handlers: dict[TopicK
             continue
         try:
             handler(match, message)
-        except Exception:  # noqa: BLE001 - the one place that keeps the session alive
+        except Exception:
             log.exception("message_handler_failed", topic=topic[:200])
 
 
@@ -83,7 +86,10 @@ class Agent:
 
     def _connect(self) -> aiomqtt.Client:
         return make_client(
-            self.settings, self.broker_url, client_id=self.settings.agent_id, will=self.presence.will()
+            self.settings,
+            self.broker_url,
+            client_id=self.settings.agent_id,
+            will=self.presence.will(),
         )
 
     def _disconnected(self, error: Exception, delay: float) -> None:
@@ -107,17 +113,19 @@ class Agent:
                 await self.responder.start(client, group)
                 await self.presence.publish_status(client, len(self.publisher.retained))
                 self.online.set()
-                log.info("agent_online", agent_id=self.settings.agent_id, broker=_display(self.broker_url))
+                log.info(
+                    "agent_online",
+                    agent_id=self.settings.agent_id,
+                    broker=_display(self.broker_url),
+                )
         except asyncio.CancelledError:
             await _say_offline(self.presence, client)
             raise
 
 
 async def _say_offline(presence: AgentPresence, client: aiomqtt.Client) -> None:
-    try:
+    with contextlib.suppress(aiomqtt.MqttError):
         await presence.publish_offline(client)
-    except aiomqtt.MqttError:
-        pass
 
 
 def _display(url: str) -> str:
@@ -126,7 +134,9 @@ def _display(url: str) -> str:
     return BrokerUrl.parse(url).display()
 
 
-async def run_agent(settings: AgentSettings, started: Callable[[Agent], None] | None = None) -> None:
+async def run_agent(
+    settings: AgentSettings, started: Callable[[Agent], None] | None = None
+) -> None:
     """Run the agent until cancelled; without a broker URL, inside a private Mosquitto."""
     broker: MosquittoProcess | None = None
     url = settings.broker_url

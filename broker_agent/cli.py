@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mosquitto-conf", help="base config of the private Mosquitto")
     run.add_argument("--broker-data-dir", help="where the private Mosquitto keeps its data")
     run.add_argument(
-        "--issue-credentials", action="store_const", const=True, default=None,
+        "--issue-credentials",
+        action="store_const",
+        const=True,
+        default=None,
         help="generate missing client_id/client_secret on first provisioning",
     )
 
@@ -74,10 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument("device_id")
     provision.add_argument("--partition-size", type=_size, required=True, help="bytes, e.g. 0x5000")
     provision.add_argument("-o", "--output", required=True, help="file to write the image to")
-    provision.add_argument("--offline", action="store_true", help="build locally from --secrets-dir")
+    provision.add_argument(
+        "--offline", action="store_true", help="build locally from --secrets-dir"
+    )
     provision.add_argument("--secrets-dir")
     provision.add_argument("--config-dir", help="with --offline: where device configs live")
-    provision.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent")
+    provision.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the agent"
+    )
 
     flash = commands.add_parser("flash", help="provision one attached board now")
     _add_mqtt_options(flash)
@@ -96,9 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SETTINGS_FIELDS = {
-    "broker_url", "mqtt_username", "mqtt_password_file", "ca_file", "topic_root", "log_format",
-    "log_level", "agent_id", "config_dir", "secrets_dir", "broker_port", "mosquitto_conf",
-    "broker_data_dir", "issue_credentials", "station_id", "simulate", "manufacturing_log",
+    "broker_url",
+    "mqtt_username",
+    "mqtt_password_file",
+    "ca_file",
+    "topic_root",
+    "log_format",
+    "log_level",
+    "agent_id",
+    "config_dir",
+    "secrets_dir",
+    "broker_port",
+    "mosquitto_conf",
+    "broker_data_dir",
+    "issue_credentials",
+    "station_id",
+    "simulate",
+    "manufacturing_log",
     "provision_timeout_s",
 }
 

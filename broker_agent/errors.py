@@ -42,7 +42,7 @@ class ConfigFileError(BrokerAgentError):
         self.message = message
 
 
-class ProvisionFailure(BrokerAgentError):  # noqa: N818 - it is an answer, not a crash
+class ProvisionFailure(BrokerAgentError):
     def __init__(self, code: ProvisionErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code

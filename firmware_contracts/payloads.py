@@ -70,6 +70,7 @@ class ContractModel(BaseModel):
 
 # -- 1. Device configuration -------------------------------------------------------------
 
+
 class ConfigEnvelope(ContractModel):
     """Retained on ``{root}/devices/{device_id}/config``."""
 
@@ -92,6 +93,7 @@ class ConfigApplied(ContractModel):
 
 
 # -- 2. Agent presence and events ---------------------------------------------------------
+
 
 class ErrorDetail(ContractModel):
     code: str
@@ -126,6 +128,7 @@ class AgentEvent(ContractModel):
 
 # -- 3. Provisioning ----------------------------------------------------------------------
 
+
 class ProvisionRequest(ContractModel):
     request_id: RequestId | None = None
     partition_size: Annotated[int, Field(strict=True)]
@@ -157,6 +160,7 @@ class ProvisionError(ContractModel):
 
 
 # -- 4. Flash station ---------------------------------------------------------------------
+
 
 class PortInfo(ContractModel):
     port: str

@@ -53,28 +53,94 @@ class TopicSpec:
 TOPICS: dict[TopicKind, TopicSpec] = {
     spec.kind: spec
     for spec in (
-        TopicSpec(TopicKind.DEVICE_CONFIG, "devices/{device_id}/config", True, 1, "agent",
-                  "A device's current config envelope; empty retained payload when deleted."),
-        TopicSpec(TopicKind.DEVICE_CONFIG_APPLIED, "devices/{device_id}/config/applied", False, 1,
-                  "device", "Optional acknowledgement from the firmware."),
-        TopicSpec(TopicKind.AGENT_STATUS, "agents/{agent_id}/status", True, 1, "agent",
-                  "Agent presence; the MQTT will sets it offline."),
-        TopicSpec(TopicKind.AGENT_EVENTS, "agents/{agent_id}/events", False, 1, "agent",
-                  "One message per notable agent event."),
-        TopicSpec(TopicKind.AGENT_SYNC, "agents/{agent_id}/sync", False, 0, "agent",
-                  "The agent's own marker: once it arrives, every retained config was seen."),
-        TopicSpec(TopicKind.PROVISION_REQUEST, "provision/{device_id}/request", False, 1,
-                  "station", "Request for a device's NVS partition image."),
-        TopicSpec(TopicKind.PROVISION_RESPONSE, "provision/{device_id}/response", False, 1,
-                  "agent", "Default response topic; v5 requesters may use a topic below it."),
-        TopicSpec(TopicKind.STATION_STATUS, "stations/{station_id}/status", True, 1, "station",
-                  "Station presence and attached ports; the MQTT will sets it offline."),
-        TopicSpec(TopicKind.FLASH_REQUEST, "stations/{station_id}/flash/request", False, 1,
-                  "operator", "Command: provision one attached board."),
-        TopicSpec(TopicKind.FLASH_CANCEL, "stations/{station_id}/flash/cancel", False, 1,
-                  "operator", "Cancel a running flash job."),
-        TopicSpec(TopicKind.FLASH_RESPONSE, "stations/{station_id}/flash/response", False, 1,
-                  "station", "Default topic of a flash job's event stream."),
+        TopicSpec(
+            TopicKind.DEVICE_CONFIG,
+            "devices/{device_id}/config",
+            True,
+            1,
+            "agent",
+            "A device's current config envelope; empty retained payload when deleted.",
+        ),
+        TopicSpec(
+            TopicKind.DEVICE_CONFIG_APPLIED,
+            "devices/{device_id}/config/applied",
+            False,
+            1,
+            "device",
+            "Optional acknowledgement from the firmware.",
+        ),
+        TopicSpec(
+            TopicKind.AGENT_STATUS,
+            "agents/{agent_id}/status",
+            True,
+            1,
+            "agent",
+            "Agent presence; the MQTT will sets it offline.",
+        ),
+        TopicSpec(
+            TopicKind.AGENT_EVENTS,
+            "agents/{agent_id}/events",
+            False,
+            1,
+            "agent",
+            "One message per notable agent event.",
+        ),
+        TopicSpec(
+            TopicKind.AGENT_SYNC,
+            "agents/{agent_id}/sync",
+            False,
+            0,
+            "agent",
+            "The agent's own marker: once it arrives, every retained config was seen.",
+        ),
+        TopicSpec(
+            TopicKind.PROVISION_REQUEST,
+            "provision/{device_id}/request",
+            False,
+            1,
+            "station",
+            "Request for a device's NVS partition image.",
+        ),
+        TopicSpec(
+            TopicKind.PROVISION_RESPONSE,
+            "provision/{device_id}/response",
+            False,
+            1,
+            "agent",
+            "Default response topic; v5 requesters may use a topic below it.",
+        ),
+        TopicSpec(
+            TopicKind.STATION_STATUS,
+            "stations/{station_id}/status",
+            True,
+            1,
+            "station",
+            "Station presence and attached ports; the MQTT will sets it offline.",
+        ),
+        TopicSpec(
+            TopicKind.FLASH_REQUEST,
+            "stations/{station_id}/flash/request",
+            False,
+            1,
+            "operator",
+            "Command: provision one attached board.",
+        ),
+        TopicSpec(
+            TopicKind.FLASH_CANCEL,
+            "stations/{station_id}/flash/cancel",
+            False,
+            1,
+            "operator",
+            "Cancel a running flash job.",
+        ),
+        TopicSpec(
+            TopicKind.FLASH_RESPONSE,
+            "stations/{station_id}/flash/response",
+            False,
+            1,
+            "station",
+            "Default topic of a flash job's event stream.",
+        ),
     )
 }
 
@@ -174,7 +240,7 @@ class Topics:
             else:
                 if not is_identifier(identifier):
                     return None
-                suffix = "/".join(rest[len(segments):])
+                suffix = "/".join(rest[len(segments) :])
                 if below and not suffix:
                     continue
                 return TopicMatch(spec.kind, identifier, suffix)

@@ -16,10 +16,10 @@ import jsonschema
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 
+from broker_agent.errors import ConfigFileError
 from firmware_contracts.codes import ConfigErrorCode
 from firmware_contracts.identifiers import is_identifier
 from firmware_contracts.payloads import canonical_config, utc_timestamp
-from broker_agent.errors import ConfigFileError
 
 SCHEMA_FILE = "_schema.json"
 _IGNORED_SUFFIXES = ("~", ".swp", ".swx", ".tmp")
@@ -70,7 +70,9 @@ class FleetSchema:
         except FileNotFoundError:
             return cls(None)
         if not isinstance(document, dict):
-            raise ConfigFileError(ConfigErrorCode.NOT_AN_OBJECT, "the fleet schema must be a JSON object")
+            raise ConfigFileError(
+                ConfigErrorCode.NOT_AN_OBJECT, "the fleet schema must be a JSON object"
+            )
         validator_class = jsonschema.validators.validator_for(document)
         try:
             validator_class.check_schema(document)
@@ -87,8 +89,14 @@ class FleetSchema:
         errors = sorted(self.validator.iter_errors(config), key=lambda e: list(e.absolute_path))
         if not errors:
             return
-        shown = "; ".join(f"{err.json_path}: {err.message[:200]}" for err in errors[:_MAX_SCHEMA_ERRORS])
-        more = f" (and {len(errors) - _MAX_SCHEMA_ERRORS} more)" if len(errors) > _MAX_SCHEMA_ERRORS else ""
+        shown = "; ".join(
+            f"{err.json_path}: {err.message[:200]}" for err in errors[:_MAX_SCHEMA_ERRORS]
+        )
+        more = (
+            f" (and {len(errors) - _MAX_SCHEMA_ERRORS} more)"
+            if len(errors) > _MAX_SCHEMA_ERRORS
+            else ""
+        )
         raise ConfigFileError(ConfigErrorCode.SCHEMA_VIOLATION, shown + more)
 
 
@@ -137,7 +145,8 @@ def load_config(path: Path, schema: FleetSchema, max_bytes: int) -> DeviceConfig
     document = _read_json(path, max_bytes)
     if not isinstance(document, dict):
         raise ConfigFileError(
-            ConfigErrorCode.NOT_AN_OBJECT, f"top level is a JSON {_json_type(document)}, not an object"
+            ConfigErrorCode.NOT_AN_OBJECT,
+            f"top level is a JSON {_json_type(document)}, not an object",
         )
     schema.check(document)
     try:
@@ -147,7 +156,13 @@ def load_config(path: Path, schema: FleetSchema, max_bytes: int) -> DeviceConfig
     canonical = canonical_config(document)
     sha256 = hashlib.sha256(canonical).hexdigest()
     updated_at = utc_timestamp(mtime)
-    return DeviceConfig(device_id, path.name, sha256, updated_at, _envelope(device_id, sha256, updated_at, canonical))
+    return DeviceConfig(
+        device_id,
+        path.name,
+        sha256,
+        updated_at,
+        _envelope(device_id, sha256, updated_at, canonical),
+    )
 
 
 def _json_type(value: Any) -> str:

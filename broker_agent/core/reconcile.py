@@ -97,7 +97,9 @@ def plan_reconcile(
     present = scan.present
     orphans = sorted(device for device in retained if device not in present)
     if scan.error is not None:
-        blocked = PruneBlocked(f"config directory unavailable: {scan.error}", len(orphans), len(retained))
+        blocked = PruneBlocked(
+            f"config directory unavailable: {scan.error}", len(orphans), len(retained)
+        )
         return ReconcilePlan(publish, [], unchanged, blocked)
     if guard.blocks(len(orphans), len(retained)):
         return ReconcilePlan(

@@ -42,11 +42,7 @@ def runtime_config(
     extra: str = "",
 ) -> str:
     """The base config with our listener(s), persistence location and user."""
-    kept = [
-        line
-        for line in base.splitlines()
-        if not line.strip().split(" ", 1)[0] in _REPLACED
-    ]
+    kept = [line for line in base.splitlines() if line.strip().split(" ", 1)[0] not in _REPLACED]
     lines = [*kept, "", "# -- added by broker-agent --"]
     if port is not None:
         lines.append(f"listener {port} {host}")
@@ -74,7 +70,9 @@ class MosquittoProcess:
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @classmethod
-    def from_file(cls, conf: Path, data_dir: Path, port: int | None, **kwargs: object) -> MosquittoProcess:
+    def from_file(
+        cls, conf: Path, data_dir: Path, port: int | None, **kwargs: object
+    ) -> MosquittoProcess:
         try:
             base = conf.read_text(encoding="utf-8")
         except OSError as exc:

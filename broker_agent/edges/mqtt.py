@@ -138,7 +138,7 @@ def response_properties(
     correlation_data: bytes | None = None, expiry_s: int | None = None
 ) -> Properties:
     """A fresh PUBLISH properties object (never reuse one across publishes)."""
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     if correlation_data is not None:
         props.CorrelationData = correlation_data
     if expiry_s is not None:
@@ -147,7 +147,7 @@ def response_properties(
 
 
 def request_properties(response_topic: str, correlation_data: bytes) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.ResponseTopic = response_topic
     props.CorrelationData = correlation_data
     return props
@@ -156,6 +156,18 @@ def request_properties(response_topic: str, correlation_data: bytes) -> Properti
 def message_property(message: aiomqtt.Message, name: str) -> Any:
     props = message.properties
     return getattr(props, name, None) if props is not None else None
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that ``asyncio.wait_for`` swallowed.
+
+    On Python 3.11, ``wait_for`` (which aiomqtt uses for every call) returns the result instead
+    of raising when cancellation and completion race; a loop that goes on waiting would then
+    never stop. Long-lived loops call this after each aiomqtt await.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,7 @@ async def publish_many(
             await client.publish(
                 message.topic, message.payload, qos=message.qos, retain=message.retain
             )
+            raise_if_cancelled()
             if on_done is not None:
                 on_done(message)
 

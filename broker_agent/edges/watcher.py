@@ -7,6 +7,7 @@ Names only: the publisher re-reads each named file, so any sequence of events an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,23 +61,27 @@ class DirectoryWatcher:
                 self.on_restart()
 
     async def _watch(self) -> None:
+        # Our own stop event: cancelling awatch alone waits for its worker thread's timeout
+        # (seconds); setting the event ends that thread within one step.
+        stop = asyncio.Event()
         changes = watchfiles.awatch(
             self.path,
             watch_filter=_watch_filter,
             debounce=self.debounce_ms,
             step=self.step_ms,
             recursive=False,
+            stop_event=stop,
         )
         # awatch installs its OS watch synchronously in its first step; once that step has
         # run (one turn of the loop), every later change is captured.
         pending = asyncio.ensure_future(anext(changes))
-        await asyncio.sleep(0)
-        if pending.done() and pending.exception() is not None:
-            await pending
-        self.ready.set()
         try:
+            await asyncio.sleep(0)
+            if pending.done() and pending.exception() is not None:
+                await pending
+            self.ready.set()
             while True:
-                batch = await pending
+                batch = await asyncio.shield(pending)
                 names = {Path(path).name for _, path in batch}
                 if names:
                     self.on_changes(names)
@@ -84,5 +89,7 @@ class DirectoryWatcher:
         except StopAsyncIteration:
             return
         finally:
-            pending.cancel()
+            stop.set()
+            with contextlib.suppress(StopAsyncIteration, asyncio.CancelledError, OSError):
+                await pending
             await changes.aclose()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import aiomqtt
 
-from firmware_contracts.codes import AgentEventName, PresenceState
-from firmware_contracts.payloads import AgentEvent, AgentStatus, ErrorDetail, utc_timestamp
-from firmware_contracts.topics import Topics
 from broker_agent import __version__
 from broker_agent.edges.mqtt import Will
 from broker_agent.logs import get_logger
+from firmware_contracts.codes import AgentEventName, PresenceState
+from firmware_contracts.payloads import AgentEvent, AgentStatus, ErrorDetail, utc_timestamp
+from firmware_contracts.topics import Topics
 
 log = get_logger("broker_agent.events")
 
@@ -60,7 +61,6 @@ class AgentPresence:
         client = self.client
         if client is None:
             return
-        try:
+        # a failure means the connection is going away; the session loop reconnects
+        with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(self.topics.agent_events(self.agent_id), payload.to_json(), qos=0)
-        except aiomqtt.MqttError:
-            pass  # the connection is going away; the session loop reconnects and reconciles

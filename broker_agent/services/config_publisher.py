@@ -15,8 +15,6 @@ from pathlib import Path
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from firmware_contracts.codes import AgentEventName, ConfigErrorCode
-from firmware_contracts.topics import TopicKind, TopicMatch, Topics
 from broker_agent.core.config_files import (
     SCHEMA_FILE,
     DeviceConfig,
@@ -34,10 +32,12 @@ from broker_agent.core.reconcile import (
     plan_reconcile,
     scan_directory,
 )
-from broker_agent.edges.mqtt import OutgoingMessage, publish_many
+from broker_agent.edges.mqtt import OutgoingMessage, publish_many, raise_if_cancelled
 from broker_agent.errors import ConfigFileError
 from broker_agent.logs import get_logger
 from broker_agent.services.agent_events import AgentPresence
+from firmware_contracts.codes import AgentEventName, ConfigErrorCode
+from firmware_contracts.topics import TopicKind, TopicMatch, Topics
 
 log = get_logger(__name__)
 
@@ -104,7 +104,10 @@ class ConfigPublisher:
         sync_topic = self.topics.agent_sync(self.presence.agent_id)
         await client.subscribe(
             [
-                (self.topics.filter(TopicKind.DEVICE_CONFIG), SubscribeOptions(qos=0, noLocal=True)),
+                (
+                    self.topics.filter(TopicKind.DEVICE_CONFIG),
+                    SubscribeOptions(qos=0, noLocal=True),
+                ),
                 (sync_topic, SubscribeOptions(qos=0)),
             ]
         )
@@ -141,6 +144,7 @@ class ConfigPublisher:
             elif names:
                 await self._apply_changes(client, names)
             await self.presence.publish_status(client, len(self.retained))
+            raise_if_cancelled()
 
     # -- the work ------------------------------------------------------------------------
     async def _reload_schema(self) -> None:
@@ -196,12 +200,24 @@ class ConfigPublisher:
             if message.topic in by_topic:
                 config = by_topic[message.topic]
                 self.retained[config.device_id] = config.sha256
-                fields = {"device_id": config.device_id, "file": config.file, "sha256": config.sha256}
-                events.append(asyncio.ensure_future(self.presence.emit(AgentEventName.CONFIG_PUBLISHED, **fields)))
+                fields = {
+                    "device_id": config.device_id,
+                    "file": config.file,
+                    "sha256": config.sha256,
+                }
+                events.append(
+                    asyncio.ensure_future(
+                        self.presence.emit(AgentEventName.CONFIG_PUBLISHED, **fields)
+                    )
+                )
             else:
                 device_id = cleared[message.topic]
                 self.retained.pop(device_id, None)
-                events.append(asyncio.ensure_future(self.presence.emit(AgentEventName.CONFIG_CLEARED, device_id=device_id)))
+                events.append(
+                    asyncio.ensure_future(
+                        self.presence.emit(AgentEventName.CONFIG_CLEARED, device_id=device_id)
+                    )
+                )
 
         await publish_many(client, messages, concurrency=self.concurrency, on_done=done)
         if events:
