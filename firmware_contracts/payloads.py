@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -41,9 +42,9 @@ Progress = Annotated[int, Field(ge=0, le=100)]
 def utc_timestamp(moment: datetime | float | None = None) -> str:
     """RFC 3339 UTC with second precision: ``2026-11-25T19:21:46Z``."""
     if moment is None:
-        moment = datetime.now(UTC)
-    elif isinstance(moment, (int, float)):
-        moment = datetime.fromtimestamp(moment, UTC)
+        moment = time.time()
+    if isinstance(moment, (int, float)):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -91,6 +92,9 @@ class ConfigApplied(ContractModel):
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")  # "error": null is part of the contract
 
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
 
 # -- 2. Agent presence and events ---------------------------------------------------------
 
@@ -116,6 +120,9 @@ class AgentEvent(ContractModel):
     file: str | None = None
     sha256: Sha256 | None = None
     error: ErrorDetail | None = None
+    # a reconcile or burst that changed more devices than the agent's event limit is reported
+    # as one event with the number of devices instead of one event per device
+    count: Annotated[int, Field(ge=1)] | None = None
     # prune_blocked
     reason: str | None = None
     would_clear: Annotated[int, Field(ge=0)] | None = None

@@ -1,0 +1,347 @@
+"""Round trips over the contract: payloads through JSON, topics through build/parse, identifiers.
+
+Every generated payload must also validate against its generated JSON Schema, so the Python
+models and the schemas the firmware side reads cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from pydantic import TypeAdapter, ValidationError
+
+from firmware_contracts import codegen
+from firmware_contracts.codes import (
+    AgentEventName,
+    FlashAfter,
+    FlashErrorCode,
+    FlashPhase,
+    FlashStatus,
+    PresenceState,
+    ProvisionErrorCode,
+)
+from firmware_contracts.identifiers import (
+    AgentId,
+    DeviceId,
+    InvalidIdentifierError,
+    RequestId,
+    StationId,
+    check_identifier,
+    is_identifier,
+    is_request_id,
+)
+from firmware_contracts.payloads import (
+    SCHEMA_MODELS,
+    AgentEvent,
+    AgentStatus,
+    ChipInfo,
+    ConfigApplied,
+    ConfigEnvelope,
+    ContractModel,
+    ErrorDetail,
+    FlashCancel,
+    FlashErrorDetail,
+    FlashEvent,
+    FlashRequest,
+    PartitionInfo,
+    PortInfo,
+    ProvisionError,
+    ProvisionErrorDetail,
+    ProvisionOk,
+    ProvisionRequest,
+    StationStatus,
+    config_sha256,
+    utc_timestamp,
+)
+from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
+
+# The identifier rule as the contract text states it, written independently of the package.
+SPEC_IDENTIFIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+identifiers = st.from_regex(SPEC_IDENTIFIER, fullmatch=True)
+not_identifiers = st.text(max_size=80).filter(lambda s: SPEC_IDENTIFIER.fullmatch(s) is None)
+request_ids = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=64
+)
+hex_digests = {n: st.text("0123456789abcdef", min_size=n, max_size=n) for n in (32, 64)}
+timestamps = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
+).map(utc_timestamp)
+macs = st.lists(st.integers(0, 255), min_size=6, max_size=6).map(
+    lambda b: ":".join(f"{x:02x}" for x in b)
+)
+texts = st.text(max_size=40)
+counts = st.integers(min_value=0, max_value=2**31)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12,
+)
+configs = st.dictionaries(texts, json_values, max_size=6)
+
+
+def maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.none() | strategy
+
+
+error_details: st.SearchStrategy[ErrorDetail] = st.deferred(
+    lambda: st.builds(ErrorDetail, code=texts, message=texts, cause=maybe(error_details))
+)
+
+MODELS: dict[str, st.SearchStrategy[Any]] = {
+    "config_envelope": configs.flatmap(
+        lambda config: st.builds(
+            ConfigEnvelope,
+            device_id=identifiers,
+            sha256=st.just(config_sha256(config)),
+            updated_at=timestamps,
+            config=st.just(config),
+        )
+    ),
+    "config_applied": st.builds(
+        ConfigApplied, sha256=hex_digests[64], ok=st.booleans(), error=maybe(texts)
+    ),
+    "agent_status": st.builds(
+        AgentStatus,
+        state=st.sampled_from(PresenceState),
+        agent_id=identifiers,
+        version=maybe(texts),
+        devices=maybe(counts),
+        since=maybe(timestamps),
+    ),
+    "agent_event": st.builds(
+        AgentEvent,
+        event=st.sampled_from(AgentEventName),
+        ts=timestamps,
+        device_id=maybe(texts),
+        file=maybe(texts),
+        count=maybe(st.integers(min_value=1, max_value=2**31)),
+        sha256=maybe(hex_digests[64]),
+        error=maybe(error_details),
+        reason=maybe(texts),
+        would_clear=maybe(counts),
+        fleet_size=maybe(counts),
+        partition_size=maybe(st.integers()),
+        md5=maybe(hex_digests[32]),
+        request_id=maybe(texts),
+    ),
+    "provision_request": st.builds(
+        ProvisionRequest, request_id=maybe(request_ids), partition_size=st.integers()
+    ),
+    "provision_ok": st.builds(
+        ProvisionOk,
+        request_id=texts,
+        device_id=identifiers,
+        partition_size=st.integers(),
+        namespace=texts,
+        keys=st.lists(texts, max_size=8),
+        data=st.text("ABCDEFabcdef0123456789+/="),
+        md5=hex_digests[32],
+    ),
+    "provision_error": st.builds(
+        ProvisionError,
+        request_id=texts,
+        device_id=texts,
+        error=st.builds(
+            ProvisionErrorDetail, code=st.sampled_from(ProvisionErrorCode), message=texts
+        ),
+    ),
+    "station_status": st.builds(
+        StationStatus,
+        state=st.sampled_from(PresenceState),
+        station_id=identifiers,
+        version=maybe(texts),
+        ports=maybe(
+            st.lists(
+                st.builds(
+                    PortInfo,
+                    port=texts,
+                    description=maybe(texts),
+                    serial_number=maybe(texts),
+                    vid=maybe(st.integers(0, 0xFFFF)),
+                    pid=maybe(st.integers(0, 0xFFFF)),
+                    busy=st.booleans(),
+                ),
+                max_size=3,
+            )
+        ),
+    ),
+    "flash_request": st.builds(
+        FlashRequest,
+        request_id=maybe(request_ids),
+        device_id=identifiers,
+        port=maybe(st.text(min_size=1, max_size=256)),
+        baud=st.integers(9600, 5_000_000),
+        after=st.sampled_from(FlashAfter),
+        expected_mac=maybe(macs),
+    ),
+    "flash_cancel": st.builds(FlashCancel, request_id=request_ids),
+    "flash_event": st.builds(
+        FlashEvent,
+        request_id=texts,
+        status=st.sampled_from(FlashStatus),
+        phase=st.sampled_from(FlashPhase),
+        progress=st.integers(0, 100),
+        device_id=maybe(texts),
+        port=maybe(texts),
+        chip=maybe(st.builds(ChipInfo, type=texts, mac=macs)),
+        partition=maybe(st.builds(PartitionInfo, offset=counts, size=counts)),
+        md5=maybe(hex_digests[32]),
+        error=maybe(
+            st.builds(
+                FlashErrorDetail,
+                code=st.sampled_from(FlashErrorCode),
+                message=texts,
+                cause=maybe(error_details),
+            )
+        ),
+    ),
+}
+
+
+@cache
+def schema_validator(stem: str) -> Draft202012Validator:
+    path = codegen.GENERATED_DIR / codegen.schema_path(stem)
+    return Draft202012Validator(json.loads(path.read_text(encoding="utf-8")))
+
+
+def test_every_payload_model_has_a_strategy() -> None:
+    assert set(MODELS) == set(SCHEMA_MODELS)
+
+
+@pytest.mark.parametrize("stem", sorted(SCHEMA_MODELS))
+@settings(deadline=None)
+@given(data=st.data())
+def test_payload_round_trips_through_json_and_matches_its_schema(
+    stem: str, data: st.DataObject
+) -> None:
+    model = SCHEMA_MODELS[stem]
+    payload: ContractModel = data.draw(MODELS[stem])
+    assert isinstance(payload, model)
+    wire = payload.to_json()
+    assert model.model_validate_json(wire) == payload
+    assert model.model_validate(payload.dump()) == payload
+    errors = [e.message for e in schema_validator(stem).iter_errors(json.loads(wire))]
+    assert errors == []
+    errors = [e.message for e in schema_validator(stem).iter_errors(payload.dump())]
+    assert errors == []
+
+
+def test_config_applied_to_json_keeps_error_null() -> None:
+    ack = ConfigApplied(sha256="0" * 64, ok=True)
+    assert (
+        json.loads(ack.to_json()) == ack.dump() == {"sha256": "0" * 64, "ok": True, "error": None}
+    )
+
+
+# -- topics -------------------------------------------------------------------------------
+
+roots = st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), min_size=1, max_size=3).map(
+    "/".join
+)
+kinds = st.sampled_from(TopicKind)
+
+
+@settings(deadline=None)
+@given(root=roots, kind=kinds, identifier=identifiers)
+def test_topic_build_then_parse_gives_back_kind_and_id(
+    root: str, kind: TopicKind, identifier: str
+) -> None:
+    topics = Topics(root)
+    topic = topics.build(kind, identifier)
+    assert topics.parse(topic) == TopicMatch(kind, identifier, "")
+    assert topic == f"{root}/" + TOPICS[kind].template.replace(
+        "{" + TOPICS[kind].id_name + "}", identifier
+    )
+    assert "+" not in topic and "#" not in topic
+    assert topics.parse_identifier(kind, topic) == identifier
+
+
+@settings(deadline=None)
+@given(
+    root=roots,
+    device_id=identifiers,
+    suffix=st.lists(identifiers, min_size=1, max_size=3).map("/".join),
+)
+def test_provision_response_below_the_default_topic(root: str, device_id: str, suffix: str) -> None:
+    topics = Topics(root)
+    topic = f"{topics.provision_response(device_id)}/{suffix}"
+    assert topics.parse(topic) == TopicMatch(TopicKind.PROVISION_RESPONSE, device_id, suffix)
+    assert topics.is_response_topic_for(device_id, topic)
+
+
+@settings(deadline=None)
+@given(root=roots, kind=kinds, bad=not_identifiers)
+def test_invalid_identifier_is_refused_by_build_and_not_matched_by_parse(
+    root: str, kind: TopicKind, bad: str
+) -> None:
+    topics = Topics(root)
+    with pytest.raises(InvalidIdentifierError):
+        topics.build(kind, bad)
+    spec = TOPICS[kind]
+    forged = f"{root}/" + spec.template.replace("{" + spec.id_name + "}", bad)
+    match = topics.parse(forged)
+    if "/" not in bad:
+        assert match is None
+    else:  # the segments shift; whatever matches, it is never the invalid id
+        assert match is None or (is_identifier(match.identifier) and match.identifier != bad)
+
+
+@settings(deadline=None)
+@given(root=roots, other=roots, kind=kinds, identifier=identifiers)
+def test_topic_under_another_root_is_not_matched(
+    root: str, other: str, kind: TopicKind, identifier: str
+) -> None:
+    if other == root or other.startswith(root + "/"):
+        return
+    assert Topics(root).parse(Topics(other).build(kind, identifier)) is None
+
+
+# -- identifiers --------------------------------------------------------------------------
+
+
+@given(text=st.text(max_size=80) | identifiers)
+def test_is_identifier_follows_the_contract_text(text: str) -> None:
+    assert is_identifier(text) == (SPEC_IDENTIFIER.fullmatch(text) is not None)
+
+
+@given(identifier=identifiers)
+def test_valid_identifiers_round_trip(identifier: str) -> None:
+    assert check_identifier(identifier) == identifier
+    for annotated in (DeviceId, StationId, AgentId):
+        adapter: TypeAdapter[str] = TypeAdapter(annotated)
+        assert adapter.validate_python(identifier) == identifier
+        assert adapter.validate_json(adapter.dump_json(identifier)) == identifier
+
+
+@given(bad=not_identifiers)
+def test_invalid_identifiers_are_refused_everywhere(bad: str) -> None:
+    with pytest.raises(InvalidIdentifierError):
+        check_identifier(bad, "device_id")
+    with pytest.raises(ValidationError):
+        TypeAdapter(DeviceId).validate_python(bad)
+
+
+@given(request_id=request_ids)
+def test_valid_request_ids_round_trip(request_id: str) -> None:
+    assert is_request_id(request_id)
+    adapter: TypeAdapter[str] = TypeAdapter(RequestId)
+    assert adapter.validate_json(adapter.dump_json(request_id)) == request_id
+
+
+@given(text=st.text(max_size=80))
+def test_request_id_rule(text: str) -> None:
+    expected = 1 <= len(text) <= 64 and all(0x20 <= ord(ch) <= 0x7E for ch in text)
+    assert is_request_id(text) == expected
