@@ -16,7 +16,7 @@ import aiomqtt
 
 from broker_agent.core.reconcile import PruneGuard
 from broker_agent.edges.broker_process import MosquittoProcess
-from broker_agent.edges.mqtt import Backoff, make_client, run_forever_connected
+from broker_agent.edges.mqtt import Backoff, make_client, run_forever_connected, wait_disconnected
 from broker_agent.edges.watcher import DirectoryWatcher
 from broker_agent.logs import get_logger
 from broker_agent.services.agent_events import AgentPresence
@@ -30,21 +30,25 @@ log = get_logger(__name__)
 Handler = Callable[[TopicMatch, aiomqtt.Message], None]
 
 
-async def dispatch(
-    client: aiomqtt.Client, topics: Topics, handlers: dict[TopicKind, Handler]
-) -> None:
-    """Route every incoming message to its service by topic; one bad message stops nothing."""
-    async for message in client.messages:
-        topic = str(message.topic)
-        match = topics.parse(topic)
-        handler = handlers.get(match.kind) if match else None
+class Router:
+    """Routes each incoming message to its service by topic; one bad message stops nothing."""
+
+    def __init__(self, topics: Topics, handlers: dict[TopicKind, Handler]) -> None:
+        self.topics = topics
+        self.handlers = handlers
+
+    def __call__(self, message: aiomqtt.Message) -> bool:
+        topic = message.topic.value
+        match = self.topics.parse(topic)
+        handler = self.handlers.get(match.kind) if match else None
         if match is None or handler is None:
             log.info("message_ignored", topic=topic[:200], reason="not a contract topic for us")
-            continue
+            return True
         try:
             handler(match, message)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the one place that keeps the session alive
             log.exception("message_handler_failed", topic=topic[:200])
+        return True
 
 
 @dataclass
@@ -64,6 +68,7 @@ class Agent:
             guard=PruneGuard(s.prune_max_share, s.prune_min_devices),
             max_bytes=s.max_config_bytes,
             concurrency=s.publish_concurrency,
+            event_limit=s.event_detail_limit,
         )
         self.responder = ProvisioningResponder(s, self.topics, self.presence)
         self.watcher = DirectoryWatcher(
@@ -85,11 +90,20 @@ class Agent:
             )
 
     def _connect(self) -> aiomqtt.Client:
+        router = Router(
+            self.topics,
+            {
+                TopicKind.DEVICE_CONFIG: self.publisher.on_message,
+                TopicKind.AGENT_SYNC: self.publisher.on_message,
+                TopicKind.PROVISION_REQUEST: self.responder.on_message,
+            },
+        )
         return make_client(
             self.settings,
             self.broker_url,
             client_id=self.settings.agent_id,
             will=self.presence.will(),
+            route=router,
         )
 
     def _disconnected(self, error: Exception, delay: float) -> None:
@@ -98,15 +112,10 @@ class Agent:
         log.warning("broker_disconnected", error=str(error), retry_in_s=round(delay, 2))
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        handlers: dict[TopicKind, Handler] = {
-            TopicKind.DEVICE_CONFIG: self.publisher.on_message,
-            TopicKind.AGENT_SYNC: self.publisher.on_message,
-            TopicKind.PROVISION_REQUEST: self.responder.on_message,
-        }
         self.presence.client = client
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(dispatch(client, self.topics, handlers), name="mqtt-dispatch")
+                group.create_task(wait_disconnected(client), name="mqtt-connection")
                 await self.publisher.subscribe_and_sync(client)
                 await self.publisher.reconcile(client)
                 group.create_task(self.publisher.drain(client), name="config-drain")

@@ -78,6 +78,12 @@ class AgentSettings(MqttSettings):
         default=5, ge=0, description="...and more than this many devices at once."
     )
     watch_debounce_ms: int = Field(default=50, ge=1)
+    event_detail_limit: int = Field(
+        default=100,
+        ge=0,
+        description="A reconcile or burst that publishes (or clears) more devices than this "
+        "emits one summary event with a count instead of one event per device.",
+    )
     publish_concurrency: int = Field(default=128, ge=1, le=1000)
     provision_shared_group: str | None = Field(
         default="broker-agents",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,10 @@ class DeviceConfig:
 
 
 def _envelope(device_id: str, sha256: str, updated_at: str, canonical: bytes) -> bytes:
-    # Spliced rather than re-serialised: the canonical bytes are already the config's JSON.
-    head = json.dumps(
-        {"v": 1, "device_id": device_id, "sha256": sha256, "updated_at": updated_at},
-        separators=(",", ":"),
-    )
-    return head[:-1].encode() + b',"config":' + canonical + b"}"
+    # Spliced rather than re-serialised: the canonical bytes are already the config's JSON, and
+    # the other fields (a validated id, hex, a timestamp) never need escaping.
+    head = f'{{"v":1,"device_id":"{device_id}","sha256":"{sha256}","updated_at":"{updated_at}"'
+    return head.encode() + b',"config":' + canonical + b"}"
 
 
 class FleetSchema:
@@ -66,7 +65,7 @@ class FleetSchema:
     def load(cls, path: Path, max_bytes: int) -> FleetSchema:
         """Read the schema; a missing file means "no schema". Raises ConfigFileError."""
         try:
-            document = _read_json(path, max_bytes)
+            document, _ = _read_json(path, max_bytes)
         except FileNotFoundError:
             return cls(None)
         if not isinstance(document, dict):
@@ -100,21 +99,31 @@ class FleetSchema:
         raise ConfigFileError(ConfigErrorCode.SCHEMA_VIOLATION, shown + more)
 
 
-def _read_json(path: Path, max_bytes: int) -> Any:
+def _read_json(path: Path, max_bytes: int) -> tuple[Any, float]:
+    """The parsed document and the file's mtime. Raises FileNotFoundError or ConfigFileError."""
     try:
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size > max_bytes:
-                raise ConfigFileError(
-                    ConfigErrorCode.TOO_LARGE, f"{size} bytes is over the limit of {max_bytes}"
-                )
-            raw = handle.read(max_bytes + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
-    except IsADirectoryError as exc:
-        raise ConfigFileError(ConfigErrorCode.UNREADABLE, "is a directory") from exc
     except OSError as exc:
         raise ConfigFileError(ConfigErrorCode.UNREADABLE, exc.strerror or str(exc)) from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigFileError(ConfigErrorCode.UNREADABLE, "is a directory")
+        if info.st_size > max_bytes:
+            raise ConfigFileError(
+                ConfigErrorCode.TOO_LARGE, f"{info.st_size} bytes is over the limit of {max_bytes}"
+            )
+        # read exactly what fstat promised (+1 to notice growth): a max_bytes buffer per file
+        # would cost more than the parsing
+        raw = os.read(fd, info.st_size + 1)
+        while len(raw) <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - len(raw))):
+            raw += chunk
+    except OSError as exc:
+        raise ConfigFileError(ConfigErrorCode.UNREADABLE, exc.strerror or str(exc)) from exc
+    finally:
+        os.close(fd)
     if len(raw) > max_bytes:  # grew while we read it
         raise ConfigFileError(ConfigErrorCode.TOO_LARGE, f"over the limit of {max_bytes} bytes")
     try:
@@ -124,7 +133,7 @@ def _read_json(path: Path, max_bytes: int) -> Any:
             ConfigErrorCode.INVALID_JSON, f"not UTF-8: invalid byte at offset {exc.start}"
         ) from exc
     try:
-        return json.loads(text)
+        return json.loads(text), info.st_mtime
     except json.JSONDecodeError as exc:
         raise ConfigFileError(
             ConfigErrorCode.INVALID_JSON, f"line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -142,17 +151,13 @@ def load_config(path: Path, schema: FleetSchema, max_bytes: int) -> DeviceConfig
             f"file name {path.name!r} is not <device_id>.json with a device_id of a-z, 0-9, "
             "'_', '-' (at most 64, starting with a letter or digit)",
         )
-    document = _read_json(path, max_bytes)
+    document, mtime = _read_json(path, max_bytes)
     if not isinstance(document, dict):
         raise ConfigFileError(
             ConfigErrorCode.NOT_AN_OBJECT,
             f"top level is a JSON {_json_type(document)}, not an object",
         )
     schema.check(document)
-    try:
-        mtime = path.stat().st_mtime
-    except OSError:
-        mtime = None
     canonical = canonical_config(document)
     sha256 = hashlib.sha256(canonical).hexdigest()
     updated_at = utc_timestamp(mtime)
@@ -171,8 +176,20 @@ def _json_type(value: Any) -> str:
     )
 
 
+_SHA_FIELD = b'"sha256":"'
+
+
 def envelope_sha256(payload: bytes) -> str | None:
-    """The sha256 field of a retained envelope; None when the payload is not one of ours."""
+    """The sha256 field of a retained envelope; None when the payload is not one of ours.
+
+    Envelopes we published start with a fixed head, so the hash is found without parsing the
+    whole config (thousands arrive at every reconnect); anything else is parsed properly.
+    """
+    at = payload.find(_SHA_FIELD, 0, 120)
+    if payload.startswith(b'{"v":1,"device_id":"') and at > 0:
+        sha = payload[at + 10 : at + 74]
+        if payload[at + 74 : at + 75] == b'"':
+            return sha.decode("ascii", "replace")
     try:
         document = json.loads(payload)
     except (ValueError, UnicodeDecodeError):

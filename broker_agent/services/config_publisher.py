@@ -36,7 +36,7 @@ from broker_agent.edges.mqtt import OutgoingMessage, publish_many, raise_if_canc
 from broker_agent.errors import ConfigFileError
 from broker_agent.logs import get_logger
 from broker_agent.services.agent_events import AgentPresence
-from firmware_contracts.codes import AgentEventName, ConfigErrorCode
+from firmware_contracts.codes import AgentEventName
 from firmware_contracts.topics import TopicKind, TopicMatch, Topics
 
 log = get_logger(__name__)
@@ -52,6 +52,7 @@ class ConfigPublisher:
         guard: PruneGuard,
         max_bytes: int,
         concurrency: int = 128,
+        event_limit: int = 100,
     ) -> None:
         self.config_dir = config_dir
         self.topics = topics
@@ -59,6 +60,7 @@ class ConfigPublisher:
         self.guard = guard
         self.max_bytes = max_bytes
         self.concurrency = concurrency
+        self.event_limit = event_limit
         self.retained: dict[str, str] = {}  # device_id -> sha256, as the broker holds it
         self.schema = FleetSchema(None)
         self._pending: set[str] = set()
@@ -186,42 +188,38 @@ class ConfigPublisher:
                 would_clear=plan.blocked.would_clear,
                 fleet_size=plan.blocked.fleet_size,
             )
-        by_topic: dict[str, DeviceConfig] = {}
-        messages: list[OutgoingMessage] = []
-        for config in plan.publish:
-            topic = self.topics.device_config(config.device_id)
-            by_topic[topic] = config
-            messages.append(OutgoingMessage(topic, config.envelope, qos=1, retain=True))
+        by_topic = {self.topics.device_config(c.device_id): c for c in plan.publish}
         cleared = {self.topics.device_config(device): device for device in plan.clear}
+        messages = [OutgoingMessage(t, c.envelope, qos=1, retain=True) for t, c in by_topic.items()]
         messages.extend(OutgoingMessage(topic, b"", qos=1, retain=True) for topic in cleared)
-        events: list[asyncio.Task[None]] = []
 
         def done(message: OutgoingMessage) -> None:
-            if message.topic in by_topic:
-                config = by_topic[message.topic]
+            config = by_topic.get(message.topic)
+            if config is not None:
                 self.retained[config.device_id] = config.sha256
-                fields = {
-                    "device_id": config.device_id,
-                    "file": config.file,
-                    "sha256": config.sha256,
-                }
-                events.append(
-                    asyncio.ensure_future(
-                        self.presence.emit(AgentEventName.CONFIG_PUBLISHED, **fields)
-                    )
-                )
             else:
-                device_id = cleared[message.topic]
-                self.retained.pop(device_id, None)
-                events.append(
-                    asyncio.ensure_future(
-                        self.presence.emit(AgentEventName.CONFIG_CLEARED, device_id=device_id)
-                    )
-                )
+                self.retained.pop(cleared[message.topic], None)
 
         await publish_many(client, messages, concurrency=self.concurrency, on_done=done)
-        if events:
-            await asyncio.gather(*events)
+        await self._report_published(list(by_topic.values()), plan.clear)
+
+    async def _report_published(self, published: list[DeviceConfig], cleared: list[str]) -> None:
+        """One event per device, or one summary event per kind for a large batch."""
+        if len(published) > self.event_limit:
+            await self.presence.emit(AgentEventName.CONFIG_PUBLISHED, count=len(published))
+        else:
+            for config in published:
+                await self.presence.emit(
+                    AgentEventName.CONFIG_PUBLISHED,
+                    device_id=config.device_id,
+                    file=config.file,
+                    sha256=config.sha256,
+                )
+        if len(cleared) > self.event_limit:
+            await self.presence.emit(AgentEventName.CONFIG_CLEARED, count=len(cleared))
+        else:
+            for device_id in cleared:
+                await self.presence.emit(AgentEventName.CONFIG_CLEARED, device_id=device_id)
 
     async def _report_rejections(self, rejected: list[Rejection]) -> None:
         for item in rejected:
@@ -231,7 +229,3 @@ class ConfigPublisher:
                 file=item.file,
                 error=(item.error.code, item.error.message),
             )
-
-    @staticmethod
-    def rejection_codes() -> list[str]:
-        return [code.value for code in ConfigErrorCode]
