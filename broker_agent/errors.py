@@ -62,3 +62,6 @@ class FlashJobError(BrokerAgentError):
         self.message = message
         self.phase = phase
         self.cause = cause
+
+    def __repr__(self) -> str:
+        return f"FlashJobError({self.code.value!r}, {self.message!r}, phase={self.phase.value!r})"

@@ -27,6 +27,7 @@ from esptool import cmds
 from esptool.util import FatalError
 
 from broker_agent.edges.esptool_log import JobLogBinding, bound_to, install
+from broker_agent.errors import FlashJobError
 from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase
 from firmware_contracts.partition_table import (
     PARTITION_TABLE_MAX_SIZE,
@@ -91,26 +92,6 @@ class FlashOutcome:
     mac: str
     partition: PartitionEntry
     md5: str
-
-
-class FlashJobError(Exception):
-    """A flash job failed: ``code`` and ``phase`` go on the wire as they are."""
-
-    def __init__(
-        self,
-        code: FlashErrorCode,
-        message: str,
-        phase: FlashPhase,
-        cause: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.phase = phase
-        self.cause = cause
-
-    def __repr__(self) -> str:
-        return f"FlashJobError({self.code.value!r}, {self.message!r}, phase={self.phase.value!r})"
 
 
 class _Cancelled(Exception):
