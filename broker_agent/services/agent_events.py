@@ -12,7 +12,7 @@ from broker_agent.edges.mqtt import Will
 from broker_agent.logs import get_logger
 from firmware_contracts.codes import AgentEventName, PresenceState
 from firmware_contracts.payloads import AgentEvent, AgentStatus, ErrorDetail, utc_timestamp
-from firmware_contracts.topics import Topics
+from firmware_contracts.topics import TOPICS, TopicKind, Topics
 
 log = get_logger("broker_agent.events")
 
@@ -30,7 +30,8 @@ class AgentPresence:
 
     def will(self) -> Will:
         offline = AgentStatus(state=PresenceState.OFFLINE, agent_id=self.agent_id)
-        return Will(self.status_topic, offline.to_json())
+        spec = TOPICS[TopicKind.AGENT_STATUS]
+        return Will(self.status_topic, offline.to_json(), retain=spec.retained, qos=spec.qos)
 
     async def publish_status(self, client: aiomqtt.Client, devices: int) -> None:
         status = AgentStatus(
@@ -40,13 +41,17 @@ class AgentPresence:
             devices=devices,
             since=self.since,
         )
-        await client.publish(self.status_topic, status.to_json(), qos=1, retain=True)
+        spec = TOPICS[TopicKind.AGENT_STATUS]
+        await client.publish(
+            self.status_topic, status.to_json(), qos=spec.qos, retain=spec.retained
+        )
 
     async def publish_offline(self, client: aiomqtt.Client) -> None:
-        await client.publish(self.status_topic, self.will().payload, qos=1, retain=True, timeout=2)
+        will = self.will()
+        await client.publish(will.topic, will.payload, qos=will.qos, retain=will.retain, timeout=2)
 
     async def emit(self, event: AgentEventName, **fields: Any) -> None:
-        """Publish one event (QoS 0, not retained) when connected; always log it."""
+        """Publish one event when connected; always log it."""
         error = fields.pop("error", None)
         if error is not None and not isinstance(error, ErrorDetail):
             error = ErrorDetail(code=str(error[0]), message=str(error[1]))
@@ -61,6 +66,12 @@ class AgentPresence:
         client = self.client
         if client is None:
             return
+        spec = TOPICS[TopicKind.AGENT_EVENTS]
         # a failure means the connection is going away; the session loop reconnects
         with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(self.topics.agent_events(self.agent_id), payload.to_json(), qos=0)
+            await client.publish(
+                self.topics.agent_events(self.agent_id),
+                payload.to_json(),
+                qos=spec.qos,
+                retain=spec.retained,
+            )

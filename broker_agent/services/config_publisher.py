@@ -37,7 +37,7 @@ from broker_agent.errors import ConfigFileError
 from broker_agent.logs import get_logger
 from broker_agent.services.agent_events import AgentPresence
 from firmware_contracts.codes import AgentEventName
-from firmware_contracts.topics import TopicKind, TopicMatch, Topics
+from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
 
 log = get_logger(__name__)
 
@@ -190,8 +190,14 @@ class ConfigPublisher:
             )
         by_topic = {self.topics.device_config(c.device_id): c for c in plan.publish}
         cleared = {self.topics.device_config(device): device for device in plan.clear}
-        messages = [OutgoingMessage(t, c.envelope, qos=1, retain=True) for t, c in by_topic.items()]
-        messages.extend(OutgoingMessage(topic, b"", qos=1, retain=True) for topic in cleared)
+        spec = TOPICS[TopicKind.DEVICE_CONFIG]
+        messages = [
+            OutgoingMessage(t, c.envelope, qos=spec.qos, retain=spec.retained)
+            for t, c in by_topic.items()
+        ]
+        messages.extend(
+            OutgoingMessage(topic, b"", qos=spec.qos, retain=spec.retained) for topic in cleared
+        )
 
         def done(message: OutgoingMessage) -> None:
             config = by_topic.get(message.topic)
