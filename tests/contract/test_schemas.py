@@ -2,7 +2,8 @@
 
 Examples are fenced ```json blocks preceded by a marker naming their schema:
 ``<!-- schema: config_envelope -->``. In docs/firmware.md every ```json block must carry one;
-in README.md only the marked blocks are payloads.
+in README.md only the marked blocks are payloads. Every other page under docs/ follows the
+firmware page's rule.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def examples(path: Path) -> Iterator[Example]:
 
 def documented_examples() -> list[Example]:
     found = list(examples(FIRMWARE_DOC))
+    for doc in sorted((PROJECT / "docs").glob("*.md")):
+        if doc != FIRMWARE_DOC:
+            found.extend(examples(doc))
     if README.is_file():
         found.extend(e for e in examples(README) if e.stem is not None)
     return found
