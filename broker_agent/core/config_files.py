@@ -186,13 +186,15 @@ def envelope_sha256(payload: bytes) -> str | None:
     whole config (thousands arrive at every reconnect); anything else is parsed properly.
     """
     at = payload.find(_SHA_FIELD, 0, 120)
-    if payload.startswith(b'{"v":1,"device_id":"') and at > 0:
-        sha = payload[at + 10 : at + 74]
-        if payload[at + 74 : at + 75] == b'"':
-            return sha.decode("ascii", "replace")
+    if (
+        payload.startswith(b'{"v":1,"device_id":"')
+        and at > 0
+        and payload[at + 74 : at + 75] == b'"'
+    ):
+        return payload[at + 10 : at + 74].decode("ascii", "replace")
     try:
         document = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         return None
-    sha = document.get("sha256") if isinstance(document, dict) else None
-    return sha if isinstance(sha, str) else None
+    found = document.get("sha256") if isinstance(document, dict) else None
+    return found if isinstance(found, str) else None

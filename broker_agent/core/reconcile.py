@@ -52,24 +52,39 @@ class DirectoryScan:
         return set(self.configs) | {r.device_id for r in self.rejected}
 
 
+def list_candidates(config_dir: Path) -> list[str]:
+    """The config file names in the directory, sorted. Raises OSError."""
+    return sorted(
+        entry.name
+        for entry in os.scandir(config_dir)
+        if is_candidate(entry.name) and entry.name != SCHEMA_FILE
+    )
+
+
+def scan_file(
+    scan: DirectoryScan, config_dir: Path, name: str, schema: FleetSchema, max_bytes: int
+) -> DeviceConfig | None:
+    """Read one file into ``scan``; returns the config when it is valid."""
+    try:
+        config = load_config(config_dir / name, schema, max_bytes)
+    except FileNotFoundError:
+        return None  # deleted while we scanned; the watcher reports it
+    except ConfigFileError as exc:
+        scan.rejected.append(Rejection(name, device_id_of(name), exc))
+        return None
+    scan.configs[config.device_id] = config
+    return config
+
+
 def scan_directory(config_dir: Path, schema: FleetSchema, max_bytes: int) -> DirectoryScan:
     scan = DirectoryScan()
     try:
-        entries = [entry.name for entry in os.scandir(config_dir) if is_candidate(entry.name)]
+        names = list_candidates(config_dir)
     except OSError as exc:
         scan.error = f"{config_dir}: {exc.strerror or exc}"
         return scan
-    for name in sorted(entries):
-        if name == SCHEMA_FILE:
-            continue
-        try:
-            config = load_config(config_dir / name, schema, max_bytes)
-        except FileNotFoundError:
-            continue  # deleted while we scanned; the watcher reports it
-        except ConfigFileError as exc:
-            scan.rejected.append(Rejection(name, device_id_of(name), exc))
-        else:
-            scan.configs[config.device_id] = config
+    for name in names:
+        scan_file(scan, config_dir, name, schema, max_bytes)
     return scan
 
 

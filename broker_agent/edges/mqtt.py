@@ -209,25 +209,21 @@ class OutgoingMessage:
     retain: bool = False
 
 
-async def publish_many(
+async def publish_stream(
     client: aiomqtt.Client,
-    messages: Iterable[OutgoingMessage],
+    queue: asyncio.Queue[OutgoingMessage | None],
     *,
     concurrency: int = 128,
     on_done: Callable[[OutgoingMessage], None] | None = None,
-) -> int:
-    """Publish through a bounded pool of tasks; returns how many were acknowledged."""
-    queue: asyncio.Queue[OutgoingMessage] = asyncio.Queue()
-    for message in messages:
-        queue.put_nowait(message)
-    count = queue.qsize()
+) -> None:
+    """Publish what arrives on ``queue`` through ``concurrency`` tasks until each reads None.
+
+    The producer may still be filling the queue (a directory scan in a thread, say); it ends
+    the stream by putting one ``None`` per worker.
+    """
 
     async def worker() -> None:
-        while True:
-            try:
-                message = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
+        while (message := await queue.get()) is not None:
             await client.publish(
                 message.topic, message.payload, qos=message.qos, retain=message.retain
             )
@@ -236,8 +232,27 @@ async def publish_many(
                 on_done(message)
 
     async with asyncio.TaskGroup() as group:
-        for index in range(min(concurrency, count)):
+        for index in range(concurrency):
             group.create_task(worker(), name=f"publish-worker-{index}")
+
+
+async def publish_many(
+    client: aiomqtt.Client,
+    messages: Iterable[OutgoingMessage],
+    *,
+    concurrency: int = 128,
+    on_done: Callable[[OutgoingMessage], None] | None = None,
+) -> int:
+    """Publish through a bounded pool of tasks; returns how many were acknowledged."""
+    queue: asyncio.Queue[OutgoingMessage | None] = asyncio.Queue()
+    for message in messages:
+        queue.put_nowait(message)
+    count = queue.qsize()
+    workers = min(concurrency, count)
+    for _ in range(workers):
+        queue.put_nowait(None)
+    if workers:
+        await publish_stream(client, queue, concurrency=workers, on_done=on_done)
     return count
 
 
