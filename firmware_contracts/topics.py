@@ -81,9 +81,9 @@ TOPICS: dict[TopicKind, TopicSpec] = {
             TopicKind.AGENT_EVENTS,
             "agents/{agent_id}/events",
             False,
-            1,
+            0,
             "agent",
-            "One message per notable agent event.",
+            "One message per notable agent event (informational: QoS 0).",
         ),
         TopicSpec(
             TopicKind.AGENT_SYNC,

@@ -68,11 +68,11 @@ static inline int iot_identifier_is_valid(const char *id)
 #define IOT_TOPIC_AGENT_STATUS_RETAIN 1
 /* payload: schemas/agent_status.schema.json */
 
-/* {root}/agents/{agent_id}/events (agent): One message per notable agent event. */
+/* {root}/agents/{agent_id}/events (agent): One message per notable agent event (informational: QoS 0). */
 #define IOT_TOPIC_AGENT_EVENTS_FMT "%s/agents/%s/events"
 #define IOT_TOPIC_AGENT_EVENTS_MAX_LEN (IOT_TOPIC_ROOT_MAX_LEN + 15 + IOT_IDENTIFIER_MAX_LEN)  /* 143 */
 #define IOT_TOPIC_AGENT_EVENTS_BUF_SIZE (IOT_TOPIC_AGENT_EVENTS_MAX_LEN + 1)
-#define IOT_TOPIC_AGENT_EVENTS_QOS 1
+#define IOT_TOPIC_AGENT_EVENTS_QOS 0
 #define IOT_TOPIC_AGENT_EVENTS_RETAIN 0
 /* payload: schemas/agent_event.schema.json */
 
