@@ -19,6 +19,7 @@ from broker_agent import __version__
 from broker_agent.errors import SetupError
 from broker_agent.logs import configure_logging
 from broker_agent.settings import AgentSettings, MqttSettings, StationSettings
+from firmware_contracts.codes import FlashAfter
 
 EXIT_SETUP = 2
 
@@ -91,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     flash.add_argument("device_id")
     flash.add_argument("--port", help="serial port or pyserial URL (socket://host:port)")
     flash.add_argument("--baud", type=int, default=460800)
-    flash.add_argument("--after", choices=["no_reset", "hard_reset"], default="no_reset")
+    flash.add_argument(
+        "--after", choices=[a.value for a in FlashAfter], default=FlashAfter.NO_RESET.value
+    )
     flash.add_argument("--expected-mac")
     flash.add_argument("--offline", action="store_true", help="build the image from --secrets-dir")
     flash.add_argument("--secrets-dir")

@@ -17,6 +17,7 @@ from firmware_contracts.codes import FlashErrorCode
 
 PARTITION_TABLE_OFFSET = 0x8000
 PARTITION_TABLE_MAX_SIZE = 0xC00
+NVS_PARTITION_NAME = "nvs"  # the partition a flash station provisions
 
 ENTRY_SIZE = 32
 MAX_ENTRY_SLOTS = PARTITION_TABLE_MAX_SIZE // ENTRY_SIZE
@@ -152,7 +153,9 @@ def _describe(entry: PartitionEntry) -> str:
     return f"type {entry.type:#04x} subtype {entry.subtype:#04x}"
 
 
-def find_nvs_partition(entries: Sequence[PartitionEntry], name: str = "nvs") -> PartitionEntry:
+def find_nvs_partition(
+    entries: Sequence[PartitionEntry], name: str = NVS_PARTITION_NAME
+) -> PartitionEntry:
     """Return the entry called ``name``; it must be of type data (1), subtype nvs (2)."""
     for entry in entries:
         if entry.name == name:
@@ -174,7 +177,7 @@ def find_nvs_partition(entries: Sequence[PartitionEntry], name: str = "nvs") -> 
 def default_partition_table() -> list[PartitionEntry]:
     """ESP-IDF's usual single-app layout, with a 20 KiB NVS partition at ``0x9000``."""
     return [
-        PartitionEntry("nvs", PARTITION_TYPE_DATA, DATA_SUBTYPE_NVS, 0x9000, 0x5000),
+        PartitionEntry(NVS_PARTITION_NAME, PARTITION_TYPE_DATA, DATA_SUBTYPE_NVS, 0x9000, 0x5000),
         PartitionEntry("phy_init", PARTITION_TYPE_DATA, DATA_SUBTYPE_PHY, 0xE000, 0x1000),
         PartitionEntry("factory", PARTITION_TYPE_APP, APP_SUBTYPE_FACTORY, 0x10000, 0x100000),
     ]

@@ -15,6 +15,8 @@ from enum import StrEnum
 from firmware_contracts.identifiers import check_identifier, is_identifier
 
 DEFAULT_ROOT = "iot"
+TOPIC_ROOT_MAX_LENGTH = 64  # the generated C header sizes its topic buffers for this
+PROVISION_RESPONSE_EXPIRY_S = 60  # MQTT v5 Message Expiry of every provisioning response
 _ROOT_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -147,6 +149,8 @@ TOPICS: dict[TopicKind, TopicSpec] = {
 
 def check_root(root: str) -> str:
     """A topic root is one or more plain segments separated by ``/``."""
+    if len(root) > TOPIC_ROOT_MAX_LENGTH:
+        raise ValueError(f"topic root is longer than {TOPIC_ROOT_MAX_LENGTH} characters")
     if not all(_ROOT_SEGMENT.fullmatch(part) for part in root.split("/")):
         raise ValueError(
             f"topic root {root!r} must be '/'-separated segments of A-Z, a-z, 0-9, '_', '-'"

@@ -26,7 +26,7 @@ from broker_agent.core.provisioning import ProvisionedImage, build_image, parse_
 from broker_agent.edges.mqtt import connected, make_client, message_property, request_properties
 from broker_agent.errors import ProvisionFailure, SetupError
 from broker_agent.settings import AgentSettings
-from firmware_contracts.codes import ProvisionErrorCode
+from firmware_contracts.codes import FlashErrorCode, ProvisionErrorCode
 from firmware_contracts.identifiers import InvalidIdentifierError, check_identifier
 from firmware_contracts.nvs import partition_size_error
 from firmware_contracts.topics import Topics
@@ -40,7 +40,7 @@ __all__ = [
     "request_image",
 ]
 
-TIMEOUT_CODE = "provisioning_timeout"
+TIMEOUT_CODE = FlashErrorCode.PROVISIONING_TIMEOUT.value
 """What ``provision`` prints for a timeout (the flash station's code for the same thing)."""
 
 

@@ -52,11 +52,10 @@ from broker_agent.logs import get_logger
 from broker_agent.services.agent_events import AgentPresence
 from broker_agent.settings import AgentSettings
 from firmware_contracts.codes import AgentEventName, ProvisionErrorCode
-from firmware_contracts.topics import TopicKind, TopicMatch, Topics
+from firmware_contracts.topics import PROVISION_RESPONSE_EXPIRY_S, TopicKind, TopicMatch, Topics
 
 log = get_logger(__name__)
 
-RESPONSE_EXPIRY_S = 60
 REQUESTS_SUBSCRIPTION_ID = 1
 RETAINED_SCAN_SUBSCRIPTION_ID = 2
 MAX_WORKERS = 32
@@ -280,7 +279,7 @@ class ProvisioningResponder:
         )
 
 
-_REPLY_TEMPLATE = response_properties(None, RESPONSE_EXPIRY_S)
+_REPLY_TEMPLATE = response_properties(None, PROVISION_RESPONSE_EXPIRY_S)
 
 
 def _reply_properties(correlation_data: bytes | None) -> Properties:

@@ -14,6 +14,7 @@ from enum import Enum
 
 from firmware_contracts.partition_table import (
     DATA_SUBTYPE_NVS,
+    NVS_PARTITION_NAME,
     PARTITION_TABLE_OFFSET,
     PartitionEntry,
     build_partition_table,
@@ -74,11 +75,11 @@ class BoardConfig:
 def _table_for(config: BoardConfig) -> bytes:
     entries = list(config.partitions or default_partition_table())
     if Fault.NO_NVS_PARTITION in config.faults:
-        entries = [entry for entry in entries if entry.name != "nvs"]
+        entries = [entry for entry in entries if entry.name != NVS_PARTITION_NAME]
     if Fault.WRONG_NVS_SUBTYPE in config.faults:
         entries = [
             PartitionEntry(e.name, e.type, WRONG_NVS_SUBTYPE, e.offset, e.size, e.flags)
-            if e.name == "nvs" and e.subtype == DATA_SUBTYPE_NVS
+            if e.name == NVS_PARTITION_NAME and e.subtype == DATA_SUBTYPE_NVS
             else e
             for e in entries
         ]

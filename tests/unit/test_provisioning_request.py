@@ -23,11 +23,12 @@ from broker_agent.core.provisioning import (
 )
 from broker_agent.edges.mqtt import response_properties
 from broker_agent.errors import ProvisionFailure
-from broker_agent.services.provisioning_responder import RESPONSE_EXPIRY_S, _reply_properties
+from broker_agent.services.provisioning_responder import _reply_properties
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.identifiers import is_request_id
 from firmware_contracts.nvs import NVS_NAMESPACE, partition_size_error
 from firmware_contracts.payloads import ProvisionError, ProvisionOk, ProvisionRequest
+from firmware_contracts.topics import PROVISION_RESPONSE_EXPIRY_S
 from tests.support.nvs_parser import parse_nvs
 
 pytestmark = pytest.mark.timeout(60)
@@ -256,7 +257,7 @@ def test_reply_properties_pack_like_paho_builds_them_and_are_never_shared(
     correlation: bytes | None,
 ) -> None:
     fast = _reply_properties(correlation)
-    built = response_properties(correlation, RESPONSE_EXPIRY_S)
+    built = response_properties(correlation, PROVISION_RESPONSE_EXPIRY_S)
     assert built.pack() == fast.pack()  # type: ignore[no-untyped-call]
     assert fast is not _reply_properties(correlation)
     assert 60 == fast.MessageExpiryInterval  # type: ignore[attr-defined]
