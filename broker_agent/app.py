@@ -46,7 +46,7 @@ class Router:
             return True
         try:
             handler(match, message)
-        except Exception:  # noqa: BLE001 - the one place that keeps the session alive
+        except Exception:  # the one place that keeps the session alive: report and go on
             log.exception("message_handler_failed", topic=topic[:200])
         return True
 
