@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker_agent.edges.broker_process import free_port
+from tests.conftest import Broker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -131,3 +132,42 @@ def test_docker_compose_file_is_valid() -> None:
         check=False,
     )
     assert 0 == result.returncode, result.stderr
+
+
+def test_a_killed_agent_is_reported_offline_by_its_will(broker: Broker, tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker_agent.cli",
+            "run",
+            "--broker-url",
+            broker.url,
+            "--config-dir",
+            str(tmp_path / "configs"),
+            "--agent-id",
+            "doomed",
+        ],
+        env=agent_env(),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            lines = read_retained(broker.port, "iot/agents/doomed/status", 1)
+            if lines and json.loads(lines[0].split(" ", 1)[1])["state"] == "online":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("agent did not come online")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    deadline = time.monotonic() + 10
+    state = "online"
+    while time.monotonic() < deadline and state != "offline":
+        lines = read_retained(broker.port, "iot/agents/doomed/status", 1)
+        state = json.loads(lines[0].split(" ", 1)[1])["state"] if lines else "?"
+        time.sleep(0.05)
+    assert "offline" == state
