@@ -66,7 +66,10 @@ def main() -> None:
             if len(matched) == len(want):
                 done.set()
         done.wait(timeout=float(command.split()[1]) if " " in command else 60.0)
-        print(json.dumps({"at": time.monotonic(), "complete": done.is_set(), "live": live[0]}), flush=True)
+        print(
+            json.dumps({"at": time.monotonic(), "complete": done.is_set(), "live": live[0]}),
+            flush=True,
+        )
     client.loop_stop()
 
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -66,7 +65,13 @@ class Watcher:
     def __init__(self, port: int, manifest: Path, topic_filter: str) -> None:
         self.manifest = manifest
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench/_watch_retained.py"), str(port), str(manifest), topic_filter],
+            [
+                sys.executable,
+                str(ROOT / "bench/_watch_retained.py"),
+                str(port),
+                str(manifest),
+                topic_filter,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -93,7 +98,10 @@ class Watcher:
 
 def paho_baseline(port: int, directory: Path, root: str) -> float:
     """A plain paho loop_start publish loop (in-flight limit lifted), files read first."""
-    payloads = [(f"{root}/devices/{p.stem}/config", load_config(p, FleetSchema(None), 1 << 20).envelope) for p in sorted(directory.glob("*.json"))]
+    payloads = [
+        (f"{root}/devices/{p.stem}/config", load_config(p, FleetSchema(None), 1 << 20).envelope)
+        for p in sorted(directory.glob("*.json"))
+    ]
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
@@ -114,13 +122,24 @@ def mosquitto_pub_per_file(port: int, directory: Path, sample: int) -> float:
     start = time.monotonic()
     for path in files:
         subprocess.run(
-            ["mosquitto_pub", "-p", str(port), "-q", "1", "-r", "-t", f"bench-pub/{path.stem}", "-f", str(path)],
+            [
+                "mosquitto_pub",
+                "-p",
+                str(port),
+                "-q",
+                "1",
+                "-r",
+                "-t",
+                f"bench-pub/{path.stem}",
+                "-f",
+                str(path),
+            ],
             check=True,
         )
     return (time.monotonic() - start) / sample
 
 
-async def agent_run(settings: AgentSettings, until: "threading.Event | None" = None) -> tuple[float, Agent]:
+async def agent_run(settings: AgentSettings) -> tuple[float, Agent]:
     """Start the agent in-process; return (seconds until online, agent) and keep it running."""
     holder: list[Agent] = []
     started = asyncio.Event()
@@ -141,26 +160,38 @@ async def agent_run(settings: AgentSettings, until: "threading.Event | None" = N
 async def stop(agent: Agent) -> None:
     task: asyncio.Task[None] = agent.bench_task  # type: ignore[attr-defined]
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
 
 
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def line(name: str, value: str, target: str, ok: bool) -> None:
     print(f"  {name:<58} {value:>22}   target {target:<18} {'PASS' if ok else 'MISS'}")
 
 
-def peak_rss_of_agent_process(port: int, config_dir: Path, root: str, watcher: Watcher, manifest: dict[str, str]) -> float:
+def peak_rss_of_agent_process(
+    port: int, config_dir: Path, root: str, watcher: Watcher, manifest: dict[str, str]
+) -> float:
     env = dict(os.environ, BROKER_AGENT_LOG_LEVEL="warning", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker_agent.cli", "run", "--broker-url", f"mqtt://127.0.0.1:{port}",
-         "--config-dir", str(config_dir), "--topic-root", root, "--agent-id", "rss-agent"],
+        [
+            sys.executable,
+            "-m",
+            "broker_agent.cli",
+            "run",
+            "--broker-url",
+            f"mqtt://127.0.0.1:{port}",
+            "--config-dir",
+            str(config_dir),
+            "--topic-root",
+            root,
+            "--agent-id",
+            "rss-agent",
+        ],
         env=env,
     )
     watcher.wait_complete(manifest)
@@ -175,7 +206,9 @@ async def main_async(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-config-"))
     config_dir = work / "configs"
     make_configs(config_dir, args.devices)
-    broker = MosquittoProcess((ROOT / "mosquitto.conf").read_text(), work / "broker", port=free_port())
+    broker = MosquittoProcess(
+        (ROOT / "mosquitto.conf").read_text(), work / "broker", port=free_port()
+    )
     broker.start()
     misses = 0
     try:
@@ -185,22 +218,35 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"config publisher benchmark: {args.devices} devices, {os.cpu_count()} cores")
 
         baseline = paho_baseline(broker.port or 0, config_dir, "base")
-        base_seen = watcher.wait_complete(base_manifest)
+        watcher.wait_complete(base_manifest)
         print(f"  baseline: paho loop_start publish loop (acks)          {baseline:8.3f} s")
         per_pub = mosquitto_pub_per_file(broker.port or 0, config_dir, args.pub_sample)
         pub_total = per_pub * args.devices
-        print(f"  baseline: mosquitto_pub -r per file ({args.pub_sample} timed)   {per_pub * 1000:8.2f} ms each, {pub_total:.1f} s extrapolated")
+        print(
+            f"  baseline: mosquitto_pub -r per file ({args.pub_sample} timed)   "
+            f"{per_pub * 1000:8.2f} ms each, {pub_total:.1f} s extrapolated"
+        )
 
-        settings = AgentSettings(broker_url=broker.url, config_dir=config_dir, agent_id="bench-agent", log_level="warning")
+        settings = AgentSettings(
+            broker_url=broker.url,
+            config_dir=config_dir,
+            agent_id="bench-agent",
+            log_level="warning",
+        )
         t0 = time.monotonic()
-        online_s, agent = await agent_run(settings)
+        _, agent = await agent_run(settings)
         seen = watcher.wait_complete(manifest)
         cold = seen["at"] - t0
         ratio = cold / baseline
         print("1. cold start (files read + published, seen by subscriber)")
         line("agent cold start", f"{cold:.3f} s", "<= 1.0 s", cold <= 1.0)
         line("ratio to paho publish loop", f"{ratio:.2f}x", "<= 1.3x", ratio <= 1.3)
-        line("speed-up over mosquitto_pub per file", f"{pub_total / cold:.0f}x", ">= 20x", pub_total / cold >= 20)
+        line(
+            "speed-up over mosquitto_pub per file",
+            f"{pub_total / cold:.0f}x",
+            ">= 20x",
+            pub_total / cold >= 20,
+        )
         misses += (cold > 1.0) + (ratio > 1.3) + (pub_total / cold < 20)
         await stop(agent)
 
@@ -234,8 +280,12 @@ async def main_async(args: argparse.Namespace) -> int:
         print("4. memory")
         # fresh broker state under another root so the agent process does a full cold start
         rss_root = "rss"
-        rss_manifest = {t.replace("iot/", "rss/", 1): s for t, s in manifest_for(config_dir, "iot").items()}
-        rss = peak_rss_of_agent_process(broker.port or 0, config_dir, rss_root, watcher, rss_manifest)
+        rss_manifest = {
+            t.replace("iot/", "rss/", 1): s for t, s in manifest_for(config_dir, "iot").items()
+        }
+        rss = peak_rss_of_agent_process(
+            broker.port or 0, config_dir, rss_root, watcher, rss_manifest
+        )
         line("agent process peak RSS (cold start)", f"{rss:.1f} MB", "<= 100 MB", rss <= 100)
         misses += rss > 100
         watcher.close()
@@ -247,7 +297,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--pub-sample", type=int, default=500)
     return asyncio.run(main_async(parser.parse_args()))
