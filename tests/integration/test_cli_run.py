@@ -39,6 +39,19 @@ def read_retained(port: int, topic: str, count: int) -> list[str]:
     return out.stdout.splitlines()
 
 
+def wait_for_state(port: int, agent_id: str, state: str, timeout: float = 20) -> None:
+    topic = f"iot/agents/{agent_id}/status"
+    seen = "?"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = read_retained(port, topic, 1)
+        seen = json.loads(lines[0].split(" ", 1)[1])["state"] if lines else "?"
+        if seen == state:
+            return
+        time.sleep(0.05)
+    assert state == seen
+
+
 def test_run_starts_a_private_mosquitto_publishes_and_stops_cleanly(tmp_path: Path) -> None:
     if shutil.which("mosquitto_sub") is None:
         pytest.fail("mosquitto-clients is not installed")
@@ -65,16 +78,7 @@ def test_run_starts_a_private_mosquitto_publishes_and_stops_cleanly(tmp_path: Pa
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        status: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            lines = read_retained(port, "iot/agents/cli-agent/status", 1)
-            if lines:
-                status = json.loads(lines[0].split(" ", 1)[1])
-                if status.get("state") == "online":
-                    break
-            time.sleep(0.1)
-        assert "online" == status.get("state")
+        wait_for_state(port, "cli-agent", "online")
         configs = read_retained(port, "iot/devices/+/config", 3)
         assert {"garage-door", "greenhouse-02", "kitchen-01"} == {
             line.split("/")[2] for line in configs
@@ -153,21 +157,8 @@ def test_a_killed_agent_is_reported_offline_by_its_will(broker: Broker, tmp_path
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            lines = read_retained(broker.port, "iot/agents/doomed/status", 1)
-            if lines and json.loads(lines[0].split(" ", 1)[1])["state"] == "online":
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("agent did not come online")
+        wait_for_state(broker.port, "doomed", "online")
     finally:
         proc.kill()
         proc.wait(10)
-    deadline = time.monotonic() + 10
-    state = "online"
-    while time.monotonic() < deadline and state != "offline":
-        lines = read_retained(broker.port, "iot/agents/doomed/status", 1)
-        state = json.loads(lines[0].split(" ", 1)[1])["state"] if lines else "?"
-        time.sleep(0.05)
-    assert "offline" == state
+    wait_for_state(broker.port, "doomed", "offline", timeout=10)

@@ -34,6 +34,17 @@ async def retained_configs(broker: Broker) -> dict[str, dict[str, Any]]:
     }
 
 
+async def converges_to(broker: Broker, expected: dict[str, dict[str, Any]]) -> None:
+    """Wait until the broker retains exactly ``expected``; fail with the difference."""
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(200):
+        seen = await retained_configs(broker)
+        if expected == seen:
+            return
+        await asyncio.sleep(0.05)
+    assert expected == seen
+
+
 def events_named(observer: Observer, name: str) -> list[dict[str, Any]]:
     return [e for e in observer.events() if e["event"] == name]
 
@@ -268,11 +279,7 @@ def test_broker_restart_with_the_agent_running(broker: Broker, config_dir: Path)
             broker.start()
             await asyncio.wait_for(agent.online.wait(), 15)
             expected = {f"dev-{i}": {"index": 100 if i == 0 else i} for i in range(5)}
-            for _ in range(100):
-                if expected == await retained_configs(broker):
-                    break
-                await asyncio.sleep(0.05)
-            assert expected == await retained_configs(broker)
+            await converges_to(broker, expected)
 
     asyncio.run(scenario())
 
@@ -313,11 +320,7 @@ def test_burst_of_1000_edits_ends_in_the_final_state(broker: Broker, config_dir:
             for index in range(0, 100, 10):
                 (config_dir / f"dev-{index:03}.json").unlink()  # 10 deletions: under the guard
             expected = {f"dev-{i:03}": {"round": 9, "index": i} for i in range(100) if i % 10 != 0}
-            for _ in range(200):
-                if expected == await retained_configs(broker):
-                    break
-                await asyncio.sleep(0.05)
-            assert expected == await retained_configs(broker)
+            await converges_to(broker, expected)
 
     asyncio.run(scenario())
 
