@@ -1,0 +1,392 @@
+"""Benchmark: the flash station, MQTT command to ``ok``, against simulated ESP32 boards.
+
+Run: python bench/bench_flash_station.py [--rounds 5]
+
+Processes: a Mosquitto from the project's mosquitto.conf; the real agent (`broker-agent run`,
+a subprocess); the station in this process (``Station``, as `broker-agent station` runs it);
+an operator client in this process that publishes flash commands and waits for the final event;
+the simulated boards in two other processes (`python -m broker_agent.simulator`: to the station
+they are hardware, so they must not share its GIL); the byte-counting relay in front of the
+throttled board in a process of its own (this script with ``--relay``). Figures:
+
+  1. one job on an unthrottled simulated board, command published -> ``ok`` received (median
+     of --rounds), beside a baseline measured in the same run: a bare esptool session
+     (detect_chip, run_stub, change_baud, read 0xC00 at 0x8000, write the image, MD5), no MQTT.
+     Target: <= 0.6 s.
+  2. four boards at once: wall time until all four ``ok``, against the single job. Target <= 1.5x.
+  3. one job on a board throttled like a real UART (115200 baud for sync and the stub upload,
+     then the job's 460800): time to ``ok`` against the lower bound set by the bytes that must
+     cross the wire. The bytes are counted by a relay between esptool and the board, split at
+     esptool's CHANGE_BAUDRATE command; bound = sum(bytes * 10 bits / baud). Target <= 1.5x.
+
+Two artefacts of reaching boards over ``socket://`` weigh on the figures (a real serial port
+has neither): pyserial sleeps a fixed 0.3 s when it closes a socket port (figure 3 is also
+printed without it), and its socket ``in_waiting`` answers 0 or 1 instead of a byte count, so
+esptool reads replies one byte per system call; with several jobs in one process those calls
+contend for the GIL (figure 2). Exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiomqtt  # noqa: E402
+from esptool import cmds  # noqa: E402
+
+from broker_agent.core.nvs_image import build_nvs_image  # noqa: E402
+from broker_agent.edges.broker_process import MosquittoProcess, free_port  # noqa: E402
+from broker_agent.edges.esptool_log import install  # noqa: E402
+from broker_agent.logs import configure_logging  # noqa: E402
+from broker_agent.services.station import Station  # noqa: E402
+from broker_agent.settings import StationSettings  # noqa: E402
+from broker_agent.simulator.protocol import SlipDecoder  # noqa: E402
+
+STATION_ID = "bench-station"
+AGENT_ID = "bench-agent"
+JOB_BAUD = 460800
+ROM_BAUD = 115200
+PYSERIAL_SOCKET_CLOSE_S = 0.3
+TARGET_SINGLE_S = 0.6
+TARGET_PARALLEL_RATIO = 1.5
+TARGET_WIRE_RATIO = 1.5
+OP_CHANGE_BAUDRATE = 0x0F
+NVS_OFFSET, NVS_SIZE = 0x9000, 0x5000
+FLEET = {"token_url": "https://auth.example.com/token", "base_url": "https://api.example.com/"}
+DEVICES = [f"bench-{index}" for index in range(4)]
+
+
+# -- a byte-counting relay ----------------------------------------------------------------------
+
+
+class CountingRelay:
+    """TCP relay in front of a board: counts bytes each way, at the baud then in force.
+
+    Runs in its own process (``--relay``), so its threads do not compete with the station's
+    for this process's GIL; after each connection it writes that connection's counts to
+    ``counts_file`` as JSON: ``{"to_board": {"115200": n, ...}, "to_host": {...}}``.
+    """
+
+    def __init__(self, target_port: int, counts_file: Path) -> None:
+        self.target_port = target_port
+        self.counts_file = counts_file
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+
+    def serve(self) -> None:
+        while True:
+            host, _ = self.listener.accept()
+            board = socket.create_connection(("127.0.0.1", self.target_port))
+            for sock in (host, board):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._relay, args=(host, board), daemon=True).start()
+
+    def _relay(self, host: socket.socket, board: socket.socket) -> None:
+        counts: dict[str, dict[int, int]] = {"to_board": {}, "to_host": {}}
+        baud = [ROM_BAUD]
+        pumps = [
+            threading.Thread(target=self._pump, args=(host, board, counts["to_board"], baud)),
+            threading.Thread(target=self._pump, args=(board, host, counts["to_host"], baud)),
+        ]
+        for pump in pumps:
+            pump.start()
+        for pump in pumps:
+            pump.join()
+        self.counts_file.write_text(json.dumps(counts))
+
+    @staticmethod
+    def _pump(
+        source: socket.socket, sink: socket.socket, counts: dict[int, int], baud: list[int]
+    ) -> None:
+        decoder = SlipDecoder()
+        try:
+            while chunk := source.recv(65536):
+                counts[baud[0]] = counts.get(baud[0], 0) + len(chunk)
+                for frame in decoder.feed(chunk):
+                    if len(frame) >= 12 and frame[0] == 0 and frame[1] == OP_CHANGE_BAUDRATE:
+                        baud[0] = int.from_bytes(frame[8:12], "little")
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def wire_seconds(counts: dict[str, dict[str, int]]) -> float:
+    """Serial time of the counted bytes: 10 bits per byte (start, 8 data, stop) at each baud."""
+    return sum(n * 10 / int(baud) for per_baud in counts.values() for baud, n in per_baud.items())
+
+
+# -- the baseline: esptool alone ----------------------------------------------------------------
+
+
+def bare_esptool_session(url: str, image: bytes) -> float:
+    started = time.perf_counter()
+    with cmds.detect_chip(url, ROM_BAUD, "default-reset", False, 3) as rom:
+        esp = cmds.run_stub(rom)
+        esp.change_baud(JOB_BAUD)
+        cmds.attach_flash(esp)
+        cmds.read_flash(esp, 0x8000, 0xC00)
+        cmds.write_flash(esp, [(NVS_OFFSET, image)])
+        esp.flash_md5sum(NVS_OFFSET, NVS_SIZE)
+    return time.perf_counter() - started
+
+
+# -- the agent and the operator ---------------------------------------------------------------
+
+
+def make_fleet(base: Path) -> tuple[Path, Path]:
+    config_dir, secrets_dir = base / "configs", base / "secrets"
+    config_dir.mkdir()
+    secrets_dir.mkdir()
+    (secrets_dir / "_fleet.json").write_text(json.dumps(FLEET))
+    for device in DEVICES:
+        secret = {"client_id": f"iotdevice-{device}", "client_secret": f"s3cr3t-{device}"}
+        (secrets_dir / f"{device}.json").write_text(json.dumps(secret))
+    return config_dir, secrets_dir
+
+
+def start_agent(url: str, config_dir: Path, secrets_dir: Path, log: Path) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_AGENT_")}
+    env["PYTHONPATH"] = str(ROOT)
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "broker_agent.cli", "run", "--broker-url", url,
+                "--config-dir", str(config_dir), "--secrets-dir", str(secrets_dir),
+                "--agent-id", AGENT_ID, "--log-format", "json", "--log-level", "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env=env,
+        )  # fmt: skip
+    return process
+
+
+async def wait_retained(url: str, topic: str, needle: bytes, timeout: float = 30) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    async with aiomqtt.Client("127.0.0.1", port) as client, asyncio.timeout(timeout):
+        await client.subscribe(topic)
+        async for message in client.messages:
+            if needle in bytes(message.payload):
+                return
+
+
+class Operator:
+    """Publishes flash commands and times each until its final event."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.finals: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    async def pump(self) -> None:
+        async for message in self.client.messages:
+            event = json.loads(bytes(message.payload))
+            waiter = self.finals.get(event["request_id"])
+            if waiter is not None and event["status"] in ("ok", "error") and not waiter.done():
+                waiter.set_result(event)
+
+    async def flash(self, request_id: str, device_id: str, port: str) -> float:
+        """Seconds from publishing the command to receiving its ``ok``."""
+        waiter = asyncio.get_running_loop().create_future()
+        self.finals[request_id] = waiter
+        started = time.perf_counter()
+        command = {"request_id": request_id, "device_id": device_id, "port": port}
+        await self.client.publish(
+            f"iot/stations/{STATION_ID}/flash/request", json.dumps(command), qos=1
+        )
+        event = await asyncio.wait_for(waiter, 30)
+        elapsed = time.perf_counter() - started
+        if event["status"] != "ok":
+            raise SystemExit(f"job {request_id} failed: {event['error']}")
+        return elapsed
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def spawn(args: list[str], lines: int, log: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start a helper process; return it and the first ``lines`` lines it prints."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, *args], stdout=subprocess.PIPE, stderr=sink, text=True, env=env
+        )
+    assert process.stdout is not None
+    return process, [process.stdout.readline().strip() for _ in range(lines)]
+
+
+def row(name: str, value: str, target: str = "", ok: bool | None = None) -> bool:
+    verdict = "" if ok is None else ("PASS" if ok else "FAIL")
+    print(f"  {name:<44} {value:>10}   {target:<10} {verdict}")
+    return ok is not False
+
+
+async def measure(rounds: int, base: Path) -> bool:
+    configure_logging("console", "warning")
+    install()  # esptool's output goes to the (silent) log, as in the station
+    config_dir, secrets_dir = make_fleet(base)
+    broker = MosquittoProcess(
+        (ROOT / "mosquitto.conf").read_text(), base / "broker", port=free_port()
+    )
+    broker.start()
+    helpers: list[subprocess.Popen[Any]] = []
+    try:
+        helpers.append(start_agent(broker.url, config_dir, secrets_dir, base / "agent.log"))
+        await wait_retained(broker.url, f"iot/agents/{AGENT_ID}/status", b'"online"')
+        # the boards are hardware to the station: serve them from other processes
+        fast, lines = spawn(
+            ["-m", "broker_agent.simulator", "--boards", str(len(DEVICES))], 4, base / "sim.log"
+        )
+        helpers.append(fast)
+        urls = [line.split()[0] for line in lines]
+        slow, lines = spawn(
+            ["-m", "broker_agent.simulator", "--baud-throttle", str(ROM_BAUD)], 1, base / "s.log"
+        )
+        helpers.append(slow)
+        counts_file = base / "relay-counts.json"
+        slow_port = lines[0].split()[0].rsplit(":", 1)[1]
+        relay, lines = spawn(
+            [__file__, "--relay", slow_port, "--counts", str(counts_file)], 1, base / "r.log"
+        )
+        helpers.append(relay)
+        figures = Figures(urls, lines[0], counts_file)
+        return await run_figures(broker.url, base, figures, rounds)
+    finally:
+        for helper in helpers:
+            helper.terminate()
+            helper.wait(10)
+        broker.stop()
+
+
+class Figures:
+    def __init__(self, urls: list[str], relay_url: str, counts_file: Path) -> None:
+        self.urls = urls
+        self.relay_url = relay_url
+        self.counts_file = counts_file
+
+
+async def run_figures(url: str, base: Path, figures: Figures, rounds: int) -> bool:
+    settings = StationSettings(
+        broker_url=url, station_id=STATION_ID, manufacturing_log=base / "manufacturing.jsonl"
+    )
+    station = Station(settings)
+    station_task = asyncio.create_task(station.run(), name="station")
+    try:
+        await asyncio.wait_for(station.online.wait(), 15)
+        port = int(url.rsplit(":", 1)[1])
+        client = aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5)
+        async with client:
+            await client.subscribe(f"iot/stations/{STATION_ID}/flash/response", qos=1)
+            operator = Operator(client)
+            pump = asyncio.create_task(operator.pump(), name="operator")
+            try:
+                return await report(operator, figures, rounds)
+            finally:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+    finally:
+        station_task.cancel()
+        await asyncio.gather(station_task, return_exceptions=True)
+
+
+async def report(operator: Operator, figures: Figures, rounds: int) -> bool:
+    urls = figures.urls
+    image = build_nvs_image(
+        {"device_key": "x", "client_id": "c", "client_secret": "s", **FLEET}, NVS_SIZE
+    )
+    counter = iter(range(1_000_000))
+
+    async def one(port: str, device: str) -> float:
+        return await operator.flash(f"b-{next(counter)}", device, port)
+
+    await one(urls[0], DEVICES[0])  # warm-up: first connection, first image
+    singles = [await one(urls[0], DEVICES[0]) for _ in range(rounds)]
+    baselines = [
+        await asyncio.to_thread(bare_esptool_session, urls[0], image) for _ in range(rounds)
+    ]
+    parallel = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await asyncio.gather(*(one(port, dev) for port, dev in zip(urls, DEVICES, strict=True)))
+        parallel.append(time.perf_counter() - started)
+    throttled = await one(figures.relay_url, DEVICES[0])
+    counts = await asyncio.to_thread(read_counts, figures.counts_file)
+    bare_throttled = await asyncio.to_thread(bare_esptool_session, figures.relay_url, image)
+    wire = wire_seconds(counts)
+
+    single, baseline, four = (statistics.median(v) for v in (singles, baselines, parallel))
+    print(f"\nflash station, median of {rounds} rounds; simulated ESP32, 0x5000-byte NVS image\n")
+    ok = row("1. one job, command -> ok", ms(single), "<= 600 ms", single <= TARGET_SINGLE_S)
+    row("   baseline: bare esptool session", ms(baseline))
+    row("   station / baseline", f"{single / baseline:.2f}x")
+    ratio = four / single
+    row("2. four boards at once, until all ok", ms(four))
+    ok &= row("   four / one", f"{ratio:.2f}x", "<= 1.5x", ratio <= TARGET_PARALLEL_RATIO)
+    print("  3. throttled board (115200 baud, then the job's 460800):")
+    for direction, per_baud in counts.items():
+        for baud, count in sorted(per_baud.items()):
+            row(f"     bytes {direction.replace('_', ' ')} at {baud}", str(count))
+    row("   wire-time lower bound", ms(wire))
+    row("   job, command -> ok", ms(throttled))
+    row("   bare esptool session, same board", ms(bare_throttled))
+    wire_ratio = throttled / wire
+    net_ratio = (throttled - PYSERIAL_SOCKET_CLOSE_S) / wire
+    ok &= row(
+        "   job / lower bound", f"{wire_ratio:.2f}x", "<= 1.5x", wire_ratio <= TARGET_WIRE_RATIO
+    )
+    row("   same, less pyserial's 0.3 s socket close", f"{net_ratio:.2f}x")
+    return ok
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def read_counts(path: Path, timeout: float = 5.0) -> dict[str, dict[str, int]]:
+    """The relay writes the counts once the job's connection has closed."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("the relay reported no byte counts")
+        time.sleep(0.02)
+    counts: dict[str, dict[str, int]] = json.loads(path.read_text())
+    path.unlink()
+    return counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--relay", type=int, help=argparse.SUPPRESS)  # the relay process
+    parser.add_argument("--counts", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.relay is not None:
+        relay = CountingRelay(args.relay, args.counts)
+        print(f"socket://127.0.0.1:{relay.port}", flush=True)
+        relay.serve()
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-flash-") as tmp:
+        ok = asyncio.run(measure(args.rounds, Path(tmp)))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
