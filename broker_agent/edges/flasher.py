@@ -26,6 +26,7 @@ import structlog
 from esptool import cmds
 from esptool.util import FatalError
 
+from broker_agent.edges import socket_port
 from broker_agent.edges.esptool_log import JobLogBinding, bound_to, install
 from broker_agent.errors import FlashJobError
 from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase
@@ -241,7 +242,12 @@ class _FlashRun:
         if "://" not in name and not Path(name).exists():
             raise self._error(FlashErrorCode.PORT_NOT_FOUND, f"serial port {name} does not exist")
         try:
-            port = serial.serial_for_url(name, baudrate=ROM_BAUD, exclusive=True, do_not_open=True)
+            if name.startswith("socket://"):
+                port = socket_port.open_url(name, baudrate=ROM_BAUD, exclusive=True)
+            else:
+                port = serial.serial_for_url(
+                    name, baudrate=ROM_BAUD, exclusive=True, do_not_open=True
+                )
             if sys.platform == "win32":  # as esptool does: keep RTS/DTR from resetting the chip
                 port.rts = False
                 port.dtr = False
@@ -280,8 +286,8 @@ class _FlashRun:
         with self._translate(FlashErrorCode.CONNECT_FAILED, "could not read the chip's MAC"):
             self.chip_type = str(esp.CHIP_NAME)
             self.mac = ":".join(f"{octet:02x}" for octet in esp.read_mac())
+        self._emit(4)  # reports chip and MAC, also when the MAC turns out to be the wrong one
         self._check_mac(self.mac)
-        self._emit(4)
         return esp
 
     def _check_mac(self, mac: str) -> None:

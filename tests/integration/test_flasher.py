@@ -235,6 +235,8 @@ def test_mac_mismatch_fails_before_anything_is_written(server: BoardServer) -> N
     ) == (FlashErrorCode.MAC_MISMATCH, FlashPhase.CONNECTING)
     assert before == server.board.flash
     assert {FlashPhase.CONNECTING} == {report.phase for report in recorder.reports}
+    # the operator learns which chip is really attached
+    assert "24:0a:c4:12:34:56" == recorder.reports[-1].mac
 
 
 def test_cancel_mid_write_aborts_and_the_port_is_free_again(server: BoardServer) -> None:
