@@ -20,6 +20,7 @@ from broker_agent.edges.mqtt import Backoff, make_client, run_forever_connected,
 from broker_agent.edges.watcher import DirectoryWatcher
 from broker_agent.logs import get_logger
 from broker_agent.services.agent_events import AgentPresence
+from broker_agent.services.broker_sync import BrokerAuthSync
 from broker_agent.services.config_publisher import ConfigPublisher
 from broker_agent.services.provisioning_responder import ProvisioningResponder
 from broker_agent.settings import AgentSettings
@@ -83,6 +84,10 @@ class Agent:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.watcher.run(), name="config-watcher")
             group.create_task(self.responder.watch_secrets(), name="secrets-watcher")
+            auth_sync = BrokerAuthSync.from_agent(self.settings)
+            if auth_sync is not None:
+                group.create_task(auth_sync.run(), name="broker-auth-sync")
+                await auth_sync.ready.wait()  # the broker knows every device before we connect
             await self.watcher.ready.wait()
             group.create_task(
                 run_forever_connected(self._connect, self._session, backoff, self._disconnected),

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--broker-port", type=int, help="port of the private Mosquitto (default 1883)")
     run.add_argument("--mosquitto-conf", help="base config of the private Mosquitto")
     run.add_argument("--broker-data-dir", help="where the private Mosquitto keeps its data")
+    run.add_argument("--broker-passwd-file", help="keep this Mosquitto password file in step")
+    run.add_argument("--broker-acl-file", help="and this ACL file (default: beside it)")
+    run.add_argument("--broker-pid-file", help="the broker's pid file (SIGHUP after rewrites)")
+    run.add_argument("--service-accounts-file", help="agent/station/operator MQTT accounts")
     run.add_argument(
         "--issue-credentials",
         action="store_const",
@@ -86,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for the agent"
     )
+
+    auth = commands.add_parser(
+        "broker-auth",
+        help="write the production broker's password and ACL files once (docs/security.md)",
+    )
+    auth.add_argument("--out-dir", required=True, help="writes OUT_DIR/passwd and OUT_DIR/acl")
+    auth.add_argument("--secrets-dir")
+    auth.add_argument("--config-dir")
+    auth.add_argument("--service-accounts-file")
+    auth.add_argument("--topic-root", help="topic root (default: iot)")
 
     flash = commands.add_parser("flash", help="provision one attached board now")
     _add_mqtt_options(flash)
@@ -124,6 +138,10 @@ _SETTINGS_FIELDS = {
     "simulate",
     "manufacturing_log",
     "provision_timeout_s",
+    "broker_passwd_file",
+    "broker_acl_file",
+    "broker_pid_file",
+    "service_accounts_file",
 }
 
 
@@ -176,6 +194,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         agent_settings: AgentSettings = settings_from(args, AgentSettings)
         configure_logging(agent_settings.log_format, agent_settings.log_level)
         return run_async(lambda: run_agent(agent_settings))
+    if args.command == "broker-auth":
+        from pathlib import Path
+
+        from broker_agent.services.broker_sync import write_broker_auth
+
+        out_dir = Path(args.out_dir)
+        write_broker_auth(settings_from(args, AgentSettings), out_dir)
+        print(f"wrote {out_dir / 'passwd'} and {out_dir / 'acl'}")
+        return 0
     if args.command == "provision":
         from broker_agent.services.provision_client import provision_command
 

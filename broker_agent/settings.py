@@ -90,6 +90,24 @@ class AgentSettings(MqttSettings):
         description="MQTT v5 shared-subscription group for provisioning requests "
         "(replicas in one group split the requests); empty for a plain subscription.",
     )
+    # the production broker's password and ACL files, kept in step with the secrets directory
+    # (docs/security.md); unset: no sync
+    broker_passwd_file: Path | None = Field(
+        default=None, description="Write the broker's password file here (enables the sync)."
+    )
+    broker_acl_file: Path | None = Field(
+        default=None, description="The broker's ACL file (default: acl beside the passwords)."
+    )
+    broker_pid_file: Path | None = Field(
+        default=None, description="The broker's pid file: it gets SIGHUP after each rewrite."
+    )
+    service_accounts_file: Path | None = Field(
+        default=None,
+        description="Agent/station/operator accounts (default <secrets_dir>/_broker_users.json).",
+    )
+    broker_auth_group: str | None = Field(
+        default=None, description="Group owning the written files (e.g. the broker's)."
+    )
     # the private broker started when broker_url is unset
     broker_port: int = Field(default=1883, ge=1, le=65535)
     mosquitto_conf: Path = PROJECT_DIR / "mosquitto.conf"
