@@ -18,7 +18,7 @@ from broker_agent.edges.serial_ports import is_url
 from firmware_contracts.codes import FlashErrorCode
 from firmware_contracts.identifiers import is_request_id
 from firmware_contracts.payloads import MAC_PATTERN, FlashRequest
-from firmware_contracts.topics import TopicKind, Topics
+from firmware_contracts.topics import Topics
 
 MAX_COMMAND_BYTES = 4096
 """A command is a handful of short fields; anything bigger is refused before parsing."""
@@ -79,9 +79,10 @@ def parse_command(payload: bytes) -> FlashRequest:
 def response_topic_problem(topics: Topics, station_id: str, topic: object) -> str | None:
     """Why the station will not publish a job's events to ``topic`` (None: it will).
 
-    Not empty, no wildcard, not ``$``-prefixed, and not another topic of the contract: a flash
-    command must not make the station publish onto, say, a device's config topic. Its own
-    default response topic, and anything below it, are fine.
+    Only the station's own response topic or a topic below it
+    (``{root}/stations/{id}/flash/response/<anything>``), as the agent does for provisioning
+    answers: a flash command must not make the station publish onto another topic (a device's
+    config, say), and under the production broker profile it may write nowhere else anyway.
     """
     if topic is None:
         return None
@@ -89,13 +90,9 @@ def response_topic_problem(topics: Topics, station_id: str, topic: object) -> st
         return "the response topic is empty"
     if any(ch in topic for ch in "+#\x00"):
         return "the response topic must not contain a wildcard ('+', '#') or NUL"
-    if topic.startswith("$"):
-        return "the response topic must not start with '$'"
-    match = topics.parse(topic)
-    if match is not None and (
-        match.kind is not TopicKind.FLASH_RESPONSE or match.identifier != station_id
-    ):
-        return "the response topic must not be another topic of the contract"
+    base = topics.flash_response(station_id)
+    if topic != base and not (topic.startswith(base + "/") and len(topic) > len(base) + 1):
+        return f"the response topic must be {base} or a topic below it"
     return None
 
 

@@ -23,11 +23,17 @@ import aiomqtt
 
 from broker_agent.core.credentials import CredentialStore, write_file_atomically
 from broker_agent.core.provisioning import ProvisionedImage, build_image, parse_response
-from broker_agent.edges.mqtt import connected, make_client, message_property, request_properties
+from broker_agent.edges.mqtt import (
+    BrokerUrl,
+    connected,
+    make_client,
+    message_property,
+    request_properties,
+)
 from broker_agent.errors import ProvisionFailure, SetupError
 from broker_agent.settings import AgentSettings
 from firmware_contracts.codes import FlashErrorCode, ProvisionErrorCode
-from firmware_contracts.identifiers import InvalidIdentifierError, check_identifier
+from firmware_contracts.identifiers import InvalidIdentifierError, check_identifier, is_identifier
 from firmware_contracts.nvs import partition_size_error
 from firmware_contracts.topics import Topics
 
@@ -234,7 +240,18 @@ async def _request_online(
     client = make_client(
         settings, url, client_id=f"provision-{secrets.token_hex(6)}", timeout=timeout
     )
+    # Under the production broker profile a station may read only the answers addressed to
+    # it (.../response/<its user name>/...): ask for the answer there when we have a user name.
+    username = BrokerUrl.parse(url).username or settings.mqtt_username
+    suffix = f"req-{secrets.token_hex(8)}"
+    if username is not None and is_identifier(username):
+        suffix = f"{username}/{suffix}"
     async with connected(client):
         return await request_image(
-            client, Topics(settings.topic_root), device_id, partition_size, timeout=timeout
+            client,
+            Topics(settings.topic_root),
+            device_id,
+            partition_size,
+            timeout=timeout,
+            response_suffix=suffix,
         )

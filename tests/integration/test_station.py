@@ -316,12 +316,14 @@ def test_events_go_to_the_v5_response_topic_with_the_correlation_data(bench: Ben
         async with (
             bench.agent(),
             running_station(bench.station_settings(simulate=1)),
-            commander(bench.broker.url, "replies/#", "iot/devices/#") as operator,
+            commander(
+                bench.broker.url, f"{RESPONSE_TOPIC}/#", "replies/#", "iot/devices/#"
+            ) as operator,
         ):
             correlation = b"\x00corr\xff"
             command = {"request_id": "job-7", "device_id": "kitchen-01"}
             events = await operator.run(
-                command, response_topic="replies/ops/job-7", correlation=correlation
+                command, response_topic=f"{RESPONSE_TOPIC}/ops/job-7", correlation=correlation
             )
             received = [r for r in operator.received if r.event["request_id"] == "job-7"]
             refused = await operator.run(
@@ -331,14 +333,23 @@ def test_events_go_to_the_v5_response_topic_with_the_correlation_data(bench: Ben
             wildcard = await operator.run(
                 {"request_id": "job-9", "device_id": "kitchen-01"}, response_topic="replies/+"
             )
+            elsewhere = await operator.run(
+                {"request_id": "job-10", "device_id": "kitchen-01"},
+                response_topic="replies/ops/job-10",
+            )
             topics_of_refusals = {
-                r.topic for r in operator.received if r.event["request_id"] in ("job-8", "job-9")
+                r.topic
+                for r in operator.received
+                if r.event["request_id"] in ("job-8", "job-9", "job-10")
             }
 
         assert_stream(events, ok=True)
-        assert {("replies/ops/job-7", correlation)} == {(r.topic, r.correlation) for r in received}
+        assert {(f"{RESPONSE_TOPIC}/ops/job-7", correlation)} == {
+            (r.topic, r.correlation) for r in received
+        }
         assert "invalid_request" == single_error(refused)["error"]["code"]
         assert "invalid_request" == single_error(wildcard)["error"]["code"]
+        assert "invalid_request" == single_error(elsewhere)["error"]["code"]
         assert {RESPONSE_TOPIC} == topics_of_refusals
 
     asyncio.run(scenario())
