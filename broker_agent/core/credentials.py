@@ -30,7 +30,6 @@ import fcntl
 import json
 import os
 import secrets
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from broker_agent.core.atomic_file import write_atomically
 from broker_agent.errors import ProvisionFailure
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.nvs import PROV_KEY_NAMES, PROV_KEYS
@@ -48,7 +48,6 @@ __all__ = [
     "CredentialLookup",
     "CredentialStore",
     "issued_client_id",
-    "write_file_atomically",
 ]
 
 FLEET_FILE = "_fleet.json"
@@ -165,7 +164,7 @@ class CredentialStore:
                 document["client_secret"] = secrets.token_urlsafe(32)
             text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
             try:
-                write_file_atomically(self._device_path(device_id), text.encode("utf-8"), 0o600)
+                write_atomically(self._device_path(device_id), text.encode("utf-8"), 0o600)
             except OSError as exc:
                 raise ProvisionFailure(
                     ProvisionErrorCode.INTERNAL_ERROR,
@@ -292,29 +291,3 @@ def _locked_directory(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def write_file_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part.
-
-    A temp file in the same directory (created with O_EXCL, ``mode``), fsynced, renamed over
-    ``path``; then the directory is fsynced so the rename survives a power cut.
-    """
-    directory = path.parent
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(temp_name).replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(temp_name).unlink()
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

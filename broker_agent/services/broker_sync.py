@@ -22,13 +22,13 @@ import contextlib
 import grp
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker_agent.core.atomic_file import write_atomically
 from broker_agent.core.broker_auth import (
     SERVICE_ACCOUNTS_FILE,
     BrokerUsers,
@@ -317,25 +317,7 @@ def write_if_changed(path: Path, text: str, gid: int | None = None) -> bool:
         if (info.st_mode & 0o777) == FILE_MODE and same_owner and path.read_bytes() == data:
             return False
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        if gid is not None:
-            os.fchown(fd, -1, gid)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(temp).replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(temp).unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, data, FILE_MODE, gid)
     return True
 
 

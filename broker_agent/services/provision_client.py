@@ -21,7 +21,8 @@ from pathlib import Path
 
 import aiomqtt
 
-from broker_agent.core.credentials import CredentialStore, write_file_atomically
+from broker_agent.core.atomic_file import write_atomically
+from broker_agent.core.credentials import CredentialStore
 from broker_agent.core.provisioning import ProvisionedImage, build_image, parse_response
 from broker_agent.edges.mqtt import (
     BrokerUrl,
@@ -224,7 +225,7 @@ def provision_command(args: argparse.Namespace, settings: AgentSettings) -> int:
         print(f"error: broker_unavailable: {exc}", file=sys.stderr)
         return 1
     try:
-        write_file_atomically(output, image.data, 0o600)  # the image holds credentials
+        write_atomically(output, image.data, 0o600)  # the image holds credentials
     except OSError as exc:
         print(f"error: write_failed: cannot write {output}: {exc.strerror}", file=sys.stderr)
         return 1

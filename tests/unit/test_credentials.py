@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from broker_agent.core.credentials import CredentialStore, write_file_atomically
+from broker_agent.core.atomic_file import write_atomically
+from broker_agent.core.credentials import CredentialStore
 from broker_agent.core.provisioning import build_image
 from broker_agent.errors import ProvisionFailure
 from firmware_contracts.codes import ProvisionErrorCode
@@ -300,7 +301,7 @@ def test_atomic_write_replaces_whole_file_with_mode(tmp_path: Path) -> None:
     path = tmp_path / "out.bin"
     path.write_bytes(b"old")
     path.chmod(0o644)
-    write_file_atomically(path, b"new content", 0o600)
+    write_atomically(path, b"new content", 0o600)
     assert b"new content" == path.read_bytes()
     assert 0o600 == stat.S_IMODE(path.stat().st_mode)
     assert ["out.bin"] == [p.name for p in tmp_path.iterdir()]
