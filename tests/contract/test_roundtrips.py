@@ -61,7 +61,7 @@ from firmware_contracts.payloads import (
     config_sha256,
     utc_timestamp,
 )
-from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
+from firmware_contracts.topics import TOPIC_ROOT_MAX_LENGTH, TOPICS, TopicKind, TopicMatch, Topics
 
 # The identifier rule as the contract text states it, written independently of the package.
 SPEC_IDENTIFIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -248,10 +248,18 @@ def test_config_applied_to_json_keeps_error_null() -> None:
 
 # -- topics -------------------------------------------------------------------------------
 
-roots = st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), min_size=1, max_size=3).map(
-    "/".join
+roots = (
+    st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), min_size=1, max_size=3)
+    .map("/".join)
+    .filter(lambda root: len(root) <= TOPIC_ROOT_MAX_LENGTH)
 )
 kinds = st.sampled_from(TopicKind)
+
+
+def test_a_root_longer_than_the_header_buffers_allow_is_refused() -> None:
+    Topics("a" * TOPIC_ROOT_MAX_LENGTH)
+    with pytest.raises(ValueError, match="longer than 64"):
+        Topics("a/" * 32 + "a")
 
 
 @settings(deadline=None)
