@@ -35,6 +35,7 @@ class DirectoryWatcher:
         debounce_ms: int = 50,
         step_ms: int = 10,
         retry_s: float = 1.0,
+        check_interval_ms: int = 1000,
     ) -> None:
         self.path = path
         self.on_changes = on_changes
@@ -42,6 +43,7 @@ class DirectoryWatcher:
         self.debounce_ms = debounce_ms
         self.step_ms = step_ms
         self.retry_s = retry_s
+        self.check_interval_ms = check_interval_ms
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
@@ -61,9 +63,11 @@ class DirectoryWatcher:
                 self.on_restart()
 
     async def _watch(self) -> None:
+        """Watch until the directory is gone or replaced (then ``run`` re-arms the watch)."""
         # Our own stop event: cancelling awatch alone waits for its worker thread's timeout
         # (seconds); setting the event ends that thread within one step.
         stop = asyncio.Event()
+        identity = _identity(self.path)
         changes = watchfiles.awatch(
             self.path,
             watch_filter=_watch_filter,
@@ -71,6 +75,10 @@ class DirectoryWatcher:
             step=self.step_ms,
             recursive=False,
             stop_event=stop,
+            # an empty batch every second lets us notice the directory itself being deleted
+            # or replaced, which leaves the OS watch on a dead directory, silently
+            rust_timeout=self.check_interval_ms,
+            yield_on_timeout=True,
         )
         # awatch installs its OS watch synchronously in its first step; once that step has
         # run (one turn of the loop), every later change is captured.
@@ -85,6 +93,9 @@ class DirectoryWatcher:
                 names = {Path(path).name for _, path in batch}
                 if names:
                     self.on_changes(names)
+                if _identity(self.path) != identity:
+                    log.warning("config_dir_replaced", path=str(self.path))
+                    return
                 pending = asyncio.ensure_future(anext(changes))
         except StopAsyncIteration:
             return
@@ -93,3 +104,11 @@ class DirectoryWatcher:
             with contextlib.suppress(StopAsyncIteration, asyncio.CancelledError, OSError):
                 await pending
             await changes.aclose()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)

@@ -218,6 +218,16 @@ class ConfigPublisher:
             )
 
     async def _apply_changes(self, client: aiomqtt.Client, names: Iterable[str]) -> None:
+        if not self.config_dir.is_dir():
+            # the whole directory went away (rm -rf, an unmounted volume): that is not a fleet
+            # deleting its devices, so nothing is cleared
+            blocked = PruneBlocked(
+                f"config directory unavailable: {self.config_dir}",
+                sum(device_id_of(name) in self.retained for name in names),
+                len(self.retained),
+            )
+            await self._apply(client, ReconcilePlan([], [], 0, blocked))
+            return
         scan = DirectoryScan()
         deleted: list[str] = []
         for name in sorted(names):

@@ -344,3 +344,28 @@ def test_schema_edit_revalidates_every_config(broker: Broker, config_dir: Path) 
             )
 
     asyncio.run(scenario())
+
+
+def test_config_directory_deleted_and_recreated_while_running(
+    broker: Broker, config_dir: Path
+) -> None:
+    for index in range(4):  # under the share/count guard: only the directory check protects it
+        write_config(config_dir, f"dev-{index}", {"index": index})
+
+    async def scenario() -> None:
+        settings = agent_settings(broker.url, config_dir)
+        async with observe(broker.url, "iot/agents/+/events") as seen, running_agent(settings):
+            shutil.rmtree(config_dir)
+            await seen.wait_for(lambda: bool(events_named(seen, "prune_blocked")))
+            assert [] == events_named(seen, "config_cleared")
+            assert 4 == len(await retained_configs(broker))
+            config_dir.mkdir()
+            for index in range(4):
+                write_config(config_dir, f"dev-{index}", {"index": index})
+            write_config(config_dir, "new-1", {"fresh": True})
+            expected = {f"dev-{i}": {"index": i} for i in range(4)} | {"new-1": {"fresh": True}}
+            await converges_to(broker, expected)
+            write_config(config_dir, "new-1", {"fresh": False})  # and live edits flow again
+            await converges_to(broker, expected | {"new-1": {"fresh": False}})
+
+    asyncio.run(scenario())
