@@ -16,7 +16,13 @@ import aiomqtt
 
 from broker_agent.core.reconcile import PruneGuard
 from broker_agent.edges.broker_process import MosquittoProcess
-from broker_agent.edges.mqtt import Backoff, make_client, run_forever_connected, wait_disconnected
+from broker_agent.edges.mqtt import (
+    Backoff,
+    make_client,
+    raise_if_cancelled,
+    run_forever_connected,
+    wait_disconnected,
+)
 from broker_agent.edges.watcher import DirectoryWatcher
 from broker_agent.logs import get_logger
 from broker_agent.services.agent_events import AgentPresence
@@ -126,6 +132,7 @@ class Agent:
                 group.create_task(self.publisher.drain(client), name="config-drain")
                 await self.responder.start(client, group)
                 await self.presence.publish_status(client, len(self.publisher.retained))
+                raise_if_cancelled()  # aiomqtt's wait_for may have swallowed a cancel
                 self.online.set()
                 log.info(
                     "agent_online",

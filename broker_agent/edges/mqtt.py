@@ -201,6 +201,19 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+def _forget_leaked_cancels() -> None:
+    """Undo cancel requests that a failed session's TaskGroup left on this task.
+
+    Python 3.11's TaskGroup cancels its parent when a child fails after the body has finished,
+    and then never uncancels it (fixed in 3.12): the reconnect loop would carry a phantom
+    cancel into the next session, where ``raise_if_cancelled`` takes it for a shutdown. A real
+    shutdown arrives as CancelledError, not as the MqttError that brings us here.
+    """
+    task = asyncio.current_task()
+    while task is not None and task.cancelling():
+        task.uncancel()
+
+
 @dataclass(frozen=True)
 class OutgoingMessage:
     topic: str
@@ -296,6 +309,7 @@ async def run_forever_connected(
                 backoff.reset()
                 await session(client)
         except* aiomqtt.MqttError as group:
+            _forget_leaked_cancels()
             delay = backoff.next_delay()
             on_disconnect(group.exceptions[0], delay)
             await asyncio.sleep(delay)

@@ -46,7 +46,7 @@ from broker_agent.core.provisioning import (
     parse_request,
     request_id_in,
 )
-from broker_agent.edges.mqtt import message_property, response_properties
+from broker_agent.edges.mqtt import message_property, raise_if_cancelled, response_properties
 from broker_agent.errors import ProvisionFailure, SetupError
 from broker_agent.logs import get_logger
 from broker_agent.services.agent_events import AgentPresence
@@ -99,13 +99,16 @@ class ProvisioningResponder:
             raise SetupError(
                 f"provision_shared_group {self.group!r} must not contain '/', '+' or '#'"
             )
-        self._queue: asyncio.Queue[_Request] | None = None
+        # One queue for the agent's life: requests received (and acknowledged) before a
+        # reconnect are answered by the next session's workers instead of being dropped.
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._accepting = False
         self._backlog_warned = False
 
     # -- the dispatcher's side (sync, never blocks) ------------------------------------------
     def on_message(self, match: TopicMatch, message: aiomqtt.Message) -> None:
         queue = self._queue
-        if queue is None or match.kind is not TopicKind.PROVISION_REQUEST:
+        if not self._accepting or match.kind is not TopicKind.PROVISION_REQUEST:
             return
         payload = message.payload if isinstance(message.payload, bytes) else b""
         subscriptions = message_property(message, "SubscriptionIdentifier") or ()
@@ -134,8 +137,8 @@ class ProvisioningResponder:
     # -- per connection ------------------------------------------------------------------------
     async def start(self, client: aiomqtt.Client, group: asyncio.TaskGroup) -> None:
         """Start the workers, then subscribe (so requests are answered as soon as they come)."""
-        queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self._queue = queue
+        queue = self._queue
+        self._accepting = True
         self._backlog_warned = False
         for index in range(self.concurrency):
             group.create_task(self._work(client, queue), name=f"provision-worker-{index}")
@@ -185,6 +188,7 @@ class ProvisioningResponder:
                     md5=answer.md5,
                     request_id=answer.request_id,
                 )
+            raise_if_cancelled()  # aiomqtt's wait_for may have swallowed a cancel
 
     async def _answer(self, request: _Request) -> _Answer:
         """The one answer to a request; any failure becomes an error answer."""

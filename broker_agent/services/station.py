@@ -195,6 +195,7 @@ class Station:
                 self._connected.set()
                 await self._publish_status(client, force=True)
                 group.create_task(self._publish_status_changes(client), name="station-status")
+                raise_if_cancelled()  # aiomqtt's wait_for may have swallowed a cancel
                 self.online.set()
                 log.info(
                     "station_online",
