@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument("--secrets-dir")
     provision.add_argument("--config-dir", help="with --offline: where device configs live")
     provision.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for the agent"
+        "--timeout",
+        dest="provision_timeout_s",
+        type=float,
+        help="seconds to wait for the agent (default 10)",
     )
 
     auth = commands.add_parser(
@@ -180,11 +183,18 @@ def run_async(main: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem: SetupError | None = None
     try:
         return _dispatch(args)
-    except SetupError as exc:
-        print(f"broker-agent: error: {exc}", file=sys.stderr)
-        return EXIT_SETUP
+    except* SetupError as group:  # also when raised inside a TaskGroup (a bad broker URL)
+        problem = _first_setup_error(group)
+    print(f"broker-agent: error: {problem}", file=sys.stderr)
+    return EXIT_SETUP
+
+
+def _first_setup_error(group: BaseExceptionGroup[SetupError]) -> SetupError:
+    first = group.exceptions[0]
+    return first if isinstance(first, SetupError) else _first_setup_error(first)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker_agent.errors import SetupError
 from firmware_contracts.identifiers import check_identifier
 from firmware_contracts.topics import DEFAULT_ROOT, check_root
 
@@ -46,6 +47,9 @@ class MqttSettings(BaseSettings):
     topic_root: str = DEFAULT_ROOT
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    provision_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long to wait for an agent's provisioning answer."
+    )
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
 
@@ -58,7 +62,13 @@ class MqttSettings(BaseSettings):
         if self.mqtt_password is not None:
             return self.mqtt_password.get_secret_value()
         if self.mqtt_password_file is not None:
-            lines = self.mqtt_password_file.read_text(encoding="utf-8").splitlines()
+            try:
+                lines = self.mqtt_password_file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise SetupError(
+                    f"cannot read the MQTT password file {self.mqtt_password_file}: {reason}"
+                ) from None
             return lines[0] if lines else ""
         return None
 
@@ -125,7 +135,6 @@ class StationSettings(MqttSettings):
 
     station_id: str = Field(default_factory=lambda: _default_id("station"))
     secrets_dir: Path = Path("secrets")
-    provision_timeout_s: float = Field(default=10.0, gt=0)
     manufacturing_log: Path = Path("manufacturing-log.jsonl")
     port_scan_interval_s: float = Field(default=2.0, gt=0)
     simulate: int = Field(default=0, ge=0, le=32, description="Serve N simulated boards.")

@@ -212,7 +212,11 @@ def provision_command(args: argparse.Namespace, settings: AgentSettings) -> int:
                 )
             image = asyncio.run(
                 _request_online(
-                    settings, settings.broker_url, device_id, args.partition_size, args.timeout
+                    settings,
+                    settings.broker_url,
+                    device_id,
+                    args.partition_size,
+                    settings.provision_timeout_s,
                 )
             )
     except ProvisionTimeout as exc:

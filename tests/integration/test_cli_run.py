@@ -162,3 +162,30 @@ def test_a_killed_agent_is_reported_offline_by_its_will(broker: Broker, tmp_path
         proc.kill()
         proc.wait(10)
     wait_for_state(broker.port, "doomed", "offline", timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--broker-url", "http://localhost"], "scheme must be mqtt://"),
+        (
+            ["--broker-url", "mqtt://127.0.0.1:1", "--mqtt-password-file", "/nonexistent/pw"],
+            "cannot read the MQTT password file",
+        ),
+    ],
+)
+def test_setup_problems_found_while_connecting_are_one_line_errors(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "broker_agent.cli", "run", "--config-dir", str(tmp_path), *flags],
+        env=agent_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert 2 == proc.returncode
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("broker-agent: error:") and message in last
+    assert "Traceback" not in proc.stderr
