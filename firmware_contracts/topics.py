@@ -250,15 +250,6 @@ class Topics:
                 return TopicMatch(spec.kind, identifier, suffix)
         return None
 
-    def parse_identifier(self, kind: TopicKind, topic: str) -> str | None:
-        """The raw identifier segment of a topic of ``kind``, valid or not (for logging)."""
-        parts = topic.split("/")
-        spec = TOPICS[kind]
-        n_root = len(self._root_parts)
-        if tuple(parts[:n_root]) != self._root_parts or len(parts) - n_root != len(spec.segments):
-            return None
-        return parts[n_root + spec.segments.index("{" + spec.id_name + "}")]
-
     def is_response_topic_for(self, device_id: str, topic: str) -> bool:
         """True when ``topic`` is the device's response topic or a topic below it."""
         base = self.provision_response(device_id)

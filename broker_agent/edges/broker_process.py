@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -161,10 +160,3 @@ class MosquittoProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def mosquitto_user_exists() -> bool:
-    try:
-        pwd.getpwnam("mosquitto")
-    except KeyError:
-        return False
-    return True

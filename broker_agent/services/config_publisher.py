@@ -76,7 +76,6 @@ class ConfigPublisher:
         self._rescan = False
         self._sync_nonce = b""
         self._synced = asyncio.Event()
-        self.reconciled = asyncio.Event()  # set after each completed reconcile (for tests/bench)
 
     # -- inputs ------------------------------------------------------------------------
     def on_file_changes(self, names: set[str]) -> None:
@@ -177,7 +176,6 @@ class ConfigPublisher:
             rejected=len(scan.rejected),
             devices=len(self.retained),
         )
-        self.reconciled.set()
 
     def _message_for(self, config: DeviceConfig) -> OutgoingMessage:
         spec = TOPICS[TopicKind.DEVICE_CONFIG]
