@@ -29,6 +29,18 @@ def agent_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``broker-agent ARGS`` to completion, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "broker_agent.cli", *args],
+        env=agent_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def read_retained(port: int, topic: str, count: int) -> list[str]:
     out = subprocess.run(
         ["mosquitto_sub", "-p", str(port), "-t", topic, "-v", "-C", str(count), "-W", "5"],
@@ -99,13 +111,11 @@ def test_run_starts_a_private_mosquitto_publishes_and_stops_cleanly(tmp_path: Pa
 
 
 def test_run_without_mosquitto_says_how_to_install_it(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "broker_agent.cli", "run", "--config-dir", str(tmp_path)],
-        env=agent_env(BROKER_AGENT_MOSQUITTO_BIN="mosquitto-not-installed-here"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    proc = run_cli(
+        "run",
+        "--config-dir",
+        str(tmp_path),
+        BROKER_AGENT_MOSQUITTO_BIN="mosquitto-not-installed-here",
     )
     assert 2 == proc.returncode
     last = proc.stderr.strip().splitlines()[-1]
@@ -114,14 +124,7 @@ def test_run_without_mosquitto_says_how_to_install_it(tmp_path: Path) -> None:
 
 
 def test_invalid_settings_are_one_line_errors(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "broker_agent.cli", "run", "--agent-id", "Not Valid"],
-        env=agent_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_cli("run", "--agent-id", "Not Valid")
     assert 2 == proc.returncode
     assert "agent_id" in proc.stderr and "Not Valid" in proc.stderr
 
@@ -177,14 +180,7 @@ def test_a_killed_agent_is_reported_offline_by_its_will(broker: Broker, tmp_path
 def test_setup_problems_found_while_connecting_are_one_line_errors(
     tmp_path: Path, flags: list[str], message: str
 ) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "broker_agent.cli", "run", "--config-dir", str(tmp_path), *flags],
-        env=agent_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_cli("run", "--config-dir", str(tmp_path), *flags)
     assert 2 == proc.returncode
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("broker-agent: error:") and message in last
