@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -212,6 +213,43 @@ def _forget_leaked_cancels() -> None:
     task = asyncio.current_task()
     while task is not None and task.cancelling():
         task.uncancel()
+
+
+class PendingAnswers:
+    """Answers awaited over MQTT v5 request/response, matched by Correlation Data.
+
+    ``expect(topic)`` registers one request (its fresh correlation data and a future);
+    ``deliver(message)`` hands an incoming answer to the request it belongs to. A broker that
+    drops properties is covered too: each request's response topic is unique.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[bytes, tuple[str, asyncio.Future[bytes]]] = {}
+
+    @contextmanager
+    def expect(self, topic: str) -> Iterator[tuple[bytes, asyncio.Future[bytes]]]:
+        correlation = secrets.token_bytes(16)
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation] = (topic, answer)
+        try:
+            yield correlation, answer
+        finally:
+            del self._waiting[correlation]
+
+    def deliver(self, message: aiomqtt.Message) -> bool:
+        """True when ``message`` answered a request we wait for."""
+        topic = message.topic.value
+        correlation = message_property(message, "CorrelationData")
+        if correlation is not None:
+            waiting = self._waiting.get(bytes(correlation))
+        else:
+            waiting = next((w for w in self._waiting.values() if w[0] == topic), None)
+        if waiting is None or waiting[0] != topic:
+            return False
+        if not waiting[1].done():
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            waiting[1].set_result(payload)
+        return True
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from dataclasses import dataclass
 
 import aiomqtt
 
 from broker_agent.core.provisioning import ProvisionedImage, parse_response
-from broker_agent.edges.mqtt import message_property, request_properties
+from broker_agent.edges.mqtt import PendingAnswers, request_properties
 from broker_agent.errors import FlashJobError, ProvisionFailure
 from broker_agent.logs import get_logger
 from firmware_contracts.codes import FlashErrorCode, FlashPhase
@@ -34,12 +33,6 @@ log = get_logger(__name__)
 _PUBLISH_RETRY_S = 0.1
 
 
-@dataclass
-class _Waiter:
-    topic: str
-    answer: asyncio.Future[bytes]
-
-
 class ImageRequester:
     """Image requests over a client whose messages the caller routes to ``on_response``."""
 
@@ -49,7 +42,7 @@ class ImageRequester:
         self.timeout_s = timeout_s
         self._client: aiomqtt.Client | None = None
         self._ready = asyncio.Event()
-        self._waiters: dict[bytes, _Waiter] = {}
+        self._answers = PendingAnswers()
 
     @property
     def response_filter(self) -> str:
@@ -69,17 +62,8 @@ class ImageRequester:
 
     def on_response(self, match: TopicMatch, message: aiomqtt.Message) -> None:
         """Hand an answer to the request waiting for it; anything else is logged and dropped."""
-        topic = message.topic.value
-        correlation = message_property(message, "CorrelationData")
-        waiter = self._waiters.get(bytes(correlation)) if correlation is not None else None
-        if correlation is None:  # properties lost on the way: the nonce topic is unique too
-            waiter = next((w for w in self._waiters.values() if w.topic == topic), None)
-        if waiter is None or waiter.topic != topic:
-            log.info("provision_answer_unexpected", topic=topic[:200])
-            return
-        if not waiter.answer.done():
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            waiter.answer.set_result(payload)
+        if not self._answers.deliver(message):
+            log.info("provision_answer_unexpected", topic=message.topic.value[:200])
 
     async def fetch(self, device_id: str, request_id: str, partition_size: int) -> bytes:
         """The device's NVS image for a partition of ``partition_size`` bytes, checked.
@@ -95,25 +79,21 @@ class ImageRequester:
     ) -> ProvisionedImage:
         nonce = secrets.token_hex(8)
         topic = f"{self.topics.provision_response(device_id)}/{self.station_id}/{nonce}"
-        correlation = secrets.token_bytes(16)
         payload = json.dumps(
             {"request_id": request_id, "partition_size": partition_size}, separators=(",", ":")
         ).encode("utf-8")
-        waiter = _Waiter(topic, asyncio.get_running_loop().create_future())
-        self._waiters[correlation] = waiter
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self._publish(device_id, payload, topic, correlation)
-                answer = await waiter.answer
-        except TimeoutError:
-            raise FlashJobError(
-                FlashErrorCode.PROVISIONING_TIMEOUT,
-                f"no NVS image for {device_id} from an agent within {self.timeout_s:g} s "
-                "(is `broker-agent run` connected to this broker?)",
-                FlashPhase.FETCHING_NVS,
-            ) from None
-        finally:
-            del self._waiters[correlation]
+        with self._answers.expect(topic) as (correlation, waiting):
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await self._publish(device_id, payload, topic, correlation)
+                    answer = await waiting
+            except TimeoutError:
+                raise FlashJobError(
+                    FlashErrorCode.PROVISIONING_TIMEOUT,
+                    f"no NVS image for {device_id} from an agent within {self.timeout_s:g} s "
+                    "(is `broker-agent run` connected to this broker?)",
+                    FlashPhase.FETCHING_NVS,
+                ) from None
         try:
             return parse_response(answer, device_id=device_id, partition_size=partition_size)
         except ProvisionFailure as exc:

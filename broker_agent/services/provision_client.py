@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import secrets
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
@@ -26,9 +25,9 @@ from broker_agent.core.credentials import CredentialStore
 from broker_agent.core.provisioning import ProvisionedImage, build_image, parse_response
 from broker_agent.edges.mqtt import (
     BrokerUrl,
+    PendingAnswers,
     connected,
     make_client,
-    message_property,
     request_properties,
 )
 from broker_agent.errors import ProvisionFailure, SetupError
@@ -58,12 +57,6 @@ class ProvisionTimeout(ProvisionFailure):
         super().__init__(ProvisionErrorCode.INTERNAL_ERROR, message)
 
 
-@dataclass
-class _Waiter:
-    topic: str
-    answer: asyncio.Future[bytes]
-
-
 class ProvisionRequester:
     """Image requests over a client whose incoming messages something else routes.
 
@@ -75,21 +68,11 @@ class ProvisionRequester:
     def __init__(self, client: aiomqtt.Client, topics: Topics) -> None:
         self.client = client
         self.topics = topics
-        self._waiters: dict[bytes, _Waiter] = {}
+        self._answers = PendingAnswers()
 
     def on_message(self, message: aiomqtt.Message) -> bool:
         """Take an answer this requester waits for (True), or leave the message alone (False)."""
-        topic = message.topic.value
-        correlation = message_property(message, "CorrelationData")
-        waiter = self._waiters.get(bytes(correlation)) if correlation is not None else None
-        if correlation is None:  # a broker that drops properties: match by the unique topic
-            waiter = next((w for w in self._waiters.values() if w.topic == topic), None)
-        if waiter is None or waiter.topic != topic:
-            return False
-        if not waiter.answer.done():
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            waiter.answer.set_result(payload)
-        return True
+        return self._answers.deliver(message)
 
     async def request(
         self,
@@ -111,32 +94,29 @@ class ProvisionRequester:
         response_topic = f"{self.topics.provision_response(device_id)}/{suffix}"
         if not self.topics.is_response_topic_for(device_id, response_topic):
             raise ValueError(f"response suffix {suffix!r} does not give a usable topic")
-        correlation = secrets.token_bytes(16)
         request = b'{"request_id":"req-%s","partition_size":%d}' % (
             secrets.token_hex(8).encode(),
             int(partition_size),
         )
-        waiter = _Waiter(response_topic, asyncio.get_running_loop().create_future())
-        self._waiters[correlation] = waiter
-        try:
-            async with asyncio.timeout(timeout):
-                await self.client.subscribe(response_topic, qos=1)
-                await self.client.publish(
-                    self.topics.provision_request(device_id),
-                    request,
-                    qos=1,
-                    properties=request_properties(response_topic, correlation),
-                )
-                payload = await waiter.answer
-        except TimeoutError:
-            raise ProvisionTimeout(
-                f"no answer from an agent within {timeout:g} s (is `broker-agent run` "
-                "connected to this broker?)"
-            ) from None
-        finally:
-            del self._waiters[correlation]
-            with contextlib.suppress(aiomqtt.MqttError):  # gone with the connection, if it went
-                await self.client.unsubscribe(response_topic, timeout=2)
+        with self._answers.expect(response_topic) as (correlation, answer):
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.client.subscribe(response_topic, qos=1)
+                    await self.client.publish(
+                        self.topics.provision_request(device_id),
+                        request,
+                        qos=1,
+                        properties=request_properties(response_topic, correlation),
+                    )
+                    payload = await answer
+            except TimeoutError:
+                raise ProvisionTimeout(
+                    f"no answer from an agent within {timeout:g} s (is `broker-agent run` "
+                    "connected to this broker?)"
+                ) from None
+            finally:
+                with contextlib.suppress(aiomqtt.MqttError):  # gone with the connection
+                    await self.client.unsubscribe(response_topic, timeout=2)
         return parse_response(payload, device_id=device_id, partition_size=partition_size)
 
 
