@@ -159,4 +159,3 @@ class MosquittoProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
