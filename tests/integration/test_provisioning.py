@@ -26,8 +26,6 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from broker_agent import cli
 from broker_agent.core.provisioning import ProvisionedImage
@@ -42,7 +40,7 @@ from firmware_contracts.payloads import AgentEvent, ProvisionError, ProvisionOk
 from firmware_contracts.topics import Topics
 from tests.conftest import PROJECT, Broker
 from tests.support.agent import agent_settings, running_agent
-from tests.support.mqtt import client_for, observe, retained_snapshot
+from tests.support.mqtt import client_for, observe, retained_snapshot, v5_properties
 from tests.support.nvs_parser import parse_nvs
 
 pytestmark = pytest.mark.timeout(60)
@@ -113,13 +111,7 @@ class Requester:
         retain: bool = False,
         topic: str | None = None,
     ) -> None:
-        props = None
-        if response_topic is not None or correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if response_topic is not None:
-                props.ResponseTopic = response_topic
-            if correlation is not None:
-                props.CorrelationData = correlation
+        props = v5_properties(response_topic, correlation)
         body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
         await self.client.publish(
             topic or TOPICS.provision_request(device_id),

@@ -23,8 +23,6 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from broker_agent.edges.flasher import FlashProgress
 from broker_agent.edges.serial_ports import is_candidate, scan_entries
@@ -37,7 +35,7 @@ from firmware_contracts.payloads import FlashEvent
 from firmware_contracts.topics import Topics
 from tests.conftest import PROJECT, Broker
 from tests.support.agent import agent_settings, running_agent
-from tests.support.mqtt import client_for, eventually, retained_snapshot
+from tests.support.mqtt import client_for, eventually, retained_snapshot, v5_properties
 from tests.support.nvs_parser import parse_nvs
 
 pytestmark = pytest.mark.timeout(60)
@@ -159,13 +157,7 @@ class Commander:
         correlation: bytes | None = None,
         retain: bool = False,
     ) -> None:
-        props = None
-        if response_topic is not None or correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if response_topic is not None:
-                props.ResponseTopic = response_topic
-            if correlation is not None:
-                props.CorrelationData = correlation
+        props = v5_properties(response_topic, correlation)
         body = command if isinstance(command, bytes) else json.dumps(command).encode()
         await self.client.publish(REQUEST_TOPIC, body, qos=1, retain=retain, properties=props)
 

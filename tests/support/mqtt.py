@@ -11,6 +11,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+def v5_properties(
+    response_topic: str | None = None, correlation: bytes | None = None
+) -> Properties | None:
+    """PUBLISH properties for a v5 request (None when there is nothing to set)."""
+    if response_topic is None and correlation is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
 
 
 def client_for(url: str, **kwargs: Any) -> aiomqtt.Client:
