@@ -20,7 +20,7 @@ throttled board in a process of its own (this script with ``--relay``). Figures:
      esptool's CHANGE_BAUDRATE command; bound = sum(bytes * 10 bits / baud). Target <= 1.5x.
 
 Boards are reached over ``socket://`` through the flasher's own port class
-(broker_agent/edges/socket_port.py), which reports real byte counts and closes without
+(broker_agent/station/socket_port.py), which reports real byte counts and closes without
 pyserial's fixed 0.3 s sleep; the baseline uses the same class. Exits 1 when a target is missed.
 """
 
@@ -47,12 +47,12 @@ sys.path.insert(0, str(ROOT))
 import aiomqtt  # noqa: E402
 from esptool import cmds  # noqa: E402
 
-from broker_agent.core.nvs_image import build_nvs_image  # noqa: E402
-from broker_agent.edges import socket_port  # noqa: E402
-from broker_agent.edges.broker_process import MosquittoProcess, free_port  # noqa: E402
-from broker_agent.edges.esptool_log import install  # noqa: E402
+from broker_agent.provisioning.nvs_image import build_nvs_image  # noqa: E402
+from broker_agent.station import socket_port  # noqa: E402
+from broker_agent.broker.process import MosquittoProcess, free_port  # noqa: E402
+from broker_agent.station.esptool_log import install  # noqa: E402
 from broker_agent.logs import configure_logging  # noqa: E402
-from broker_agent.services.station import Station  # noqa: E402
+from broker_agent.station.station import Station  # noqa: E402
 from broker_agent.settings import StationSettings  # noqa: E402
 from broker_agent.simulator.protocol import SlipDecoder  # noqa: E402
 

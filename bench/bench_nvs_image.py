@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from esp_idf_nvs_partition_gen import nvs_partition_gen
 from esp_pylib.logger import log
 
-from broker_agent.core.nvs_image import build_nvs_image
+from broker_agent.provisioning.nvs_image import build_nvs_image
 from firmware_contracts.nvs import NVS_NAMESPACE, PROV_KEYS
 
 SIZE = 0x5000

@@ -42,7 +42,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from broker_agent.edges.broker_process import MosquittoProcess, free_port  # noqa: E402
+from broker_agent.broker.process import MosquittoProcess, free_port  # noqa: E402
 
 SIZE = 0x5000
 TARGET_RATE = 2500.0

@@ -14,21 +14,21 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
-from broker_agent.core.reconcile import PruneGuard
-from broker_agent.edges.broker_process import MosquittoProcess
-from broker_agent.edges.mqtt import (
+from broker_agent.fleet.plan import PruneGuard
+from broker_agent.broker.process import MosquittoProcess
+from broker_agent.mqtt.client import (
     Backoff,
     make_client,
     raise_if_cancelled,
     run_forever_connected,
     wait_disconnected,
 )
-from broker_agent.edges.watcher import DirectoryWatcher
+from broker_agent.fleet.watcher import DirectoryWatcher
 from broker_agent.logs import get_logger
-from broker_agent.services.agent_events import AgentPresence
-from broker_agent.services.broker_sync import BrokerAuthSync
-from broker_agent.services.config_publisher import ConfigPublisher
-from broker_agent.services.provisioning_responder import ProvisioningResponder
+from broker_agent.events import AgentPresence
+from broker_agent.broker.auth_sync import BrokerAuthSync
+from broker_agent.fleet.publisher import ConfigPublisher
+from broker_agent.provisioning.responder import ProvisioningResponder
 from broker_agent.settings import AgentSettings
 from firmware_contracts.topics import TopicKind, TopicMatch, Topics
 
@@ -150,7 +150,7 @@ async def _say_offline(presence: AgentPresence, client: aiomqtt.Client) -> None:
 
 
 def _display(url: str) -> str:
-    from broker_agent.edges.mqtt import BrokerUrl
+    from broker_agent.mqtt.client import BrokerUrl
 
     return BrokerUrl.parse(url).display()
 

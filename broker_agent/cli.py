@@ -207,23 +207,23 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "broker-auth":
         from pathlib import Path
 
-        from broker_agent.services.broker_sync import write_broker_auth
+        from broker_agent.broker.auth_sync import write_broker_auth
 
         out_dir = Path(args.out_dir)
         write_broker_auth(settings_from(args, AgentSettings), out_dir)
         print(f"wrote {out_dir / 'passwd'} and {out_dir / 'acl'}")
         return 0
     if args.command == "provision":
-        from broker_agent.services.provision_client import provision_command
+        from broker_agent.commands.provision import provision_command
 
         return provision_command(args, settings_from(args, AgentSettings))
     station_settings: StationSettings = settings_from(args, StationSettings)
     configure_logging(station_settings.log_format, station_settings.log_level)
     if args.command == "station":
-        from broker_agent.services.station import run_station
+        from broker_agent.station.station import run_station
 
         return run_async(lambda: run_station(station_settings))
-    from broker_agent.services.flash_command import flash_command
+    from broker_agent.commands.flash import flash_command
 
     return flash_command(args, station_settings)
 

@@ -2,7 +2,7 @@
 
 Contract section 3. The blob is an ESP-IDF NVS partition image, format version 2, holding one
 namespace (``prov``) of string entries. This module only states the layout; building an image
-is ``broker_agent.core.nvs_image``.
+is ``broker_agent.provisioning.nvs_image``.
 
 The limits below are those of ESP-IDF's NVS format as written by ``esp-idf-nvs-partition-gen``
 (measured with 0.3.0):

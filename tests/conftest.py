@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker_agent.edges.broker_process import MosquittoProcess, free_port
+from broker_agent.broker.process import MosquittoProcess, free_port
 from tests.support.conformance import ConformanceMonitor
 
 PROJECT = Path(__file__).resolve().parent.parent

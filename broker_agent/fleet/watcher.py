@@ -1,0 +1,114 @@
+"""Watching the config directory with watchfiles, reporting changed file names in batches.
+
+Names only: the publisher re-reads each named file, so any sequence of events an editor makes
+(save-by-rename, in-place write, delete, rename) ends in the file's real final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import watchfiles
+
+from broker_agent.fleet.files import is_candidate
+from broker_agent.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def _watch_filter(change: watchfiles.Change, path: str) -> bool:
+    return is_candidate(Path(path).name)
+
+
+class DirectoryWatcher:
+    """Runs until cancelled; ``ready`` is set once changes are being captured."""
+
+    def __init__(
+        self,
+        path: Path,
+        on_changes: Callable[[set[str]], None],
+        on_restart: Callable[[], None],
+        *,
+        debounce_ms: int = 50,
+        step_ms: int = 10,
+        retry_s: float = 1.0,
+        check_interval_ms: int = 1000,
+    ) -> None:
+        self.path = path
+        self.on_changes = on_changes
+        self.on_restart = on_restart
+        self.debounce_ms = debounce_ms
+        self.step_ms = step_ms
+        self.retry_s = retry_s
+        self.check_interval_ms = check_interval_ms
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        first = True
+        while True:
+            try:
+                await self._watch()
+            except (FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError) as exc:
+                # A missing directory is not fatal: the reconcile reports it (prune_blocked)
+                # and we keep trying until it is back.
+                log.warning("config_dir_unwatchable", path=str(self.path), error=str(exc))
+            if first:
+                first = False
+                self.ready.set()
+            await asyncio.sleep(self.retry_s)
+            if self.path.is_dir():
+                self.on_restart()
+
+    async def _watch(self) -> None:
+        """Watch until the directory is gone or replaced (then ``run`` re-arms the watch)."""
+        # Our own stop event: cancelling awatch alone waits for its worker thread's timeout
+        # (seconds); setting the event ends that thread within one step.
+        stop = asyncio.Event()
+        identity = _identity(self.path)
+        changes = watchfiles.awatch(
+            self.path,
+            watch_filter=_watch_filter,
+            debounce=self.debounce_ms,
+            step=self.step_ms,
+            recursive=False,
+            stop_event=stop,
+            # an empty batch every second lets us notice the directory itself being deleted
+            # or replaced, which leaves the OS watch on a dead directory, silently
+            rust_timeout=self.check_interval_ms,
+            yield_on_timeout=True,
+        )
+        # awatch installs its OS watch synchronously in its first step; once that step has
+        # run (one turn of the loop), every later change is captured.
+        pending = asyncio.ensure_future(anext(changes))
+        try:
+            await asyncio.sleep(0)
+            if pending.done() and pending.exception() is not None:
+                await pending
+            self.ready.set()
+            while True:
+                batch = await asyncio.shield(pending)
+                names = {Path(path).name for _, path in batch}
+                if names:
+                    self.on_changes(names)
+                if _identity(self.path) != identity:
+                    log.warning("config_dir_replaced", path=str(self.path))
+                    return
+                pending = asyncio.ensure_future(anext(changes))
+        except StopAsyncIteration:
+            return
+        finally:
+            stop.set()
+            with contextlib.suppress(StopAsyncIteration, asyncio.CancelledError, OSError):
+                await pending
+            await changes.aclose()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)

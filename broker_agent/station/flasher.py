@@ -1,0 +1,385 @@
+"""Write a device's NVS image onto an ESP32 over a serial port: the one module that drives esptool.
+
+``run_flash_job`` is blocking; the station runs it in a worker thread, one per port. It walks
+the contract's phases (connecting, reading_partition_table, fetching_nvs, writing,
+verifying), reports monotonic progress below 100, and either returns a ``FlashOutcome``
+(the MD5 of the written region matched the image) or raises ``FlashJobError`` with a
+contract error code and the phase it failed in. esptool and pyserial exceptions are
+translated here, once. The serial port is always closed on the way out, so the next job on
+the same port starts clean.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import serial
+import structlog
+from esptool import cmds
+from esptool.util import FatalError
+
+from broker_agent.station import socket_port
+from broker_agent.station.esptool_log import JobLogBinding, bound_to, install
+from broker_agent.errors import FlashJobError
+from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase
+from firmware_contracts.partition_table import (
+    PARTITION_TABLE_MAX_SIZE,
+    PARTITION_TABLE_OFFSET,
+    PartitionEntry,
+    PartitionTableError,
+    find_nvs_partition,
+    parse_partition_table,
+)
+
+ROM_BAUD = 115200
+
+# Each phase owns a range [start, end); a job never reports 100 (the caller's final ok does).
+PHASE_RANGES: dict[FlashPhase, tuple[int, int]] = {
+    FlashPhase.CONNECTING: (0, 10),
+    FlashPhase.READING_PARTITION_TABLE: (10, 20),
+    FlashPhase.FETCHING_NVS: (20, 30),
+    FlashPhase.WRITING: (30, 90),
+    FlashPhase.VERIFYING: (90, 100),
+}
+
+_ESPTOOL_ERRORS = (FatalError, OSError)  # pyserial's SerialException is an OSError
+_NOT_FOUND_ERRNOS = {errno.ENOENT, errno.ENODEV, errno.ENXIO}
+_BUSY_ERRNOS = {errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK}
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class FlashJobSpec:
+    """Where and how to flash. ``port`` is a device path or any pyserial URL."""
+
+    port: str
+    baud: int = 460800
+    after: FlashAfter = FlashAfter.NO_RESET
+    expected_mac: str | None = None
+    connect_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if self.baud <= 0:
+            raise ValueError(f"baud must be positive, got {self.baud}")
+        if self.connect_attempts < 1:  # esptool reads 0 as "retry forever"
+            raise ValueError(f"connect_attempts must be at least 1, got {self.connect_attempts}")
+
+
+@dataclass(frozen=True)
+class FlashProgress:
+    """One progress report; ``progress`` is 0..99 and never decreases within a job."""
+
+    phase: FlashPhase
+    progress: int
+    chip_type: str | None = None
+    mac: str | None = None
+    partition: PartitionEntry | None = None
+
+
+@dataclass(frozen=True)
+class FlashOutcome:
+    """A verified write: the NVS partition now holds the image whose MD5 is ``md5``."""
+
+    chip_type: str
+    mac: str
+    partition: PartitionEntry
+    md5: str
+
+
+class _Cancelled(Exception):
+    """Raised from a checkpoint (possibly deep inside esptool) once the job is cancelled."""
+
+
+def normalise_mac(mac: str) -> str:
+    """``'24-0A-C4-12-34-56'`` -> ``'24:0a:c4:12:34:56'``."""
+    return mac.strip().lower().replace("-", ":")
+
+
+def _describe(exc: BaseException) -> str:
+    """esptool's messages run over several lines with a troubleshooting link: keep the gist."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.lower().startswith("for troubleshooting")]
+    return " ".join(kept) or type(exc).__name__
+
+
+def run_flash_job(
+    job: FlashJobSpec,
+    fetch_image: Callable[[PartitionEntry], bytes],
+    report: Callable[[FlashProgress], None],
+    cancel: threading.Event,
+) -> FlashOutcome:
+    """Flash the image ``fetch_image`` returns into the board's ``nvs`` partition. Blocking.
+
+    ``fetch_image`` runs on this thread and may raise ``FlashJobError`` itself (e.g.
+    ``provisioning_failed``); it is passed through unchanged (any other exception becomes
+    ``internal_error``). ``report`` is called on this thread too. Setting ``cancel`` aborts
+    the job with code ``aborted`` at the next checkpoint: between steps, and on every call
+    esptool makes into its logger (so also mid-transfer and between connection attempts).
+    """
+    install()
+    run = _FlashRun(job, report, cancel)
+    binding = JobLogBinding(port=job.port, on_bytes=run.on_bytes, checkpoint=run.checkpoint)
+    with bound_to(binding):
+        return run.execute(fetch_image)
+
+
+class _FlashRun:
+    """The state of one job while it runs: phase, progress, what is known of the chip."""
+
+    def __init__(
+        self, job: FlashJobSpec, report: Callable[[FlashProgress], None], cancel: threading.Event
+    ) -> None:
+        self.job = job
+        self._report = report
+        self._cancel = cancel
+        self._cancellable = True
+        self.phase = FlashPhase.CONNECTING
+        self._last: tuple[FlashPhase, int] | None = None
+        self.progress = 0
+        self.chip_type: str | None = None
+        self.mac: str | None = None
+        self.partition: PartitionEntry | None = None
+        self._write_streamed = False
+
+    # -- progress and cancellation -----------------------------------------------------
+
+    def checkpoint(self) -> None:
+        if self._cancellable and self._cancel.is_set():
+            raise _Cancelled
+
+    def _emit(self, value: int) -> None:
+        self.progress = max(self.progress, min(value, 99))
+        if self._last == (self.phase, self.progress):
+            return
+        self._last = (self.phase, self.progress)
+        self._report(
+            FlashProgress(self.phase, self.progress, self.chip_type, self.mac, self.partition)
+        )
+
+    def _enter(self, phase: FlashPhase) -> None:
+        self.checkpoint()
+        self.phase = phase
+        self._emit(PHASE_RANGES[phase][0])
+
+    def _advance(self, fraction: float) -> None:
+        start, end = PHASE_RANGES[self.phase]
+        fraction = min(max(fraction, 0.0), 1.0)
+        self._emit(start + int(fraction * (end - 1 - start)))
+
+    def on_bytes(self, done: int, total: int) -> None:
+        """esptool's byte progress, for whatever transfer the current phase runs."""
+        if self.phase in (FlashPhase.READING_PARTITION_TABLE, FlashPhase.WRITING):
+            self._advance(done / total)
+        if self.phase is FlashPhase.WRITING and done >= total:
+            self._write_streamed = True
+
+    def _error(self, code: FlashErrorCode, message: str) -> FlashJobError:
+        return FlashJobError(code, message, self.phase)
+
+    @contextmanager
+    def _translate(self, code: FlashErrorCode, what: str) -> Iterator[None]:
+        """Turn an esptool or serial failure inside the block into ``FlashJobError(code)``."""
+        try:
+            yield
+        except _ESPTOOL_ERRORS as exc:
+            raise self._error(code, f"{what}: {_describe(exc)}") from exc
+
+    # -- the job -----------------------------------------------------------------------
+
+    def execute(self, fetch_image: Callable[[PartitionEntry], bytes]) -> FlashOutcome:
+        try:
+            self._enter(FlashPhase.CONNECTING)
+            port = self._open_port()
+        except _Cancelled:
+            raise self._error(FlashErrorCode.ABORTED, "flash job cancelled") from None
+        try:
+            return self._flash(port, fetch_image)
+        except _Cancelled:
+            raise self._error(
+                FlashErrorCode.ABORTED, f"flash job cancelled while {self.phase.value}"
+            ) from None
+        except FlashJobError:
+            raise
+        except Exception as exc:  # the one place an unforeseen failure becomes a clean error
+            # the type only: the message of an unforeseen error may carry anything
+            raise self._error(
+                FlashErrorCode.INTERNAL_ERROR,
+                f"unexpected {type(exc).__name__} while {self.phase.value}",
+            ) from exc
+        finally:
+            with suppress(OSError):
+                port.close()
+
+    def _flash(self, port: Any, fetch_image: Callable[[PartitionEntry], bytes]) -> FlashOutcome:
+        esp = self._connect(port)
+        esp = self._start_stub(esp)
+        self._enter(FlashPhase.READING_PARTITION_TABLE)
+        partition = self._read_partition_table(esp)
+        self._enter(FlashPhase.FETCHING_NVS)
+        image = self._fetch(fetch_image, partition)
+        self._enter(FlashPhase.WRITING)
+        self._write(esp, partition, image)
+        self._enter(FlashPhase.VERIFYING)
+        md5 = self._verify(esp, partition, image)
+        self._cancellable = False  # the image is in flash and verified: the job is done
+        self._emit(98)
+        self._after(esp)
+        self._emit(99)
+        assert self.chip_type is not None and self.mac is not None
+        return FlashOutcome(self.chip_type, self.mac, partition, md5)
+
+    def _open_port(self) -> Any:
+        name = self.job.port
+        if "://" not in name and not Path(name).exists():
+            raise self._error(FlashErrorCode.PORT_NOT_FOUND, f"serial port {name} does not exist")
+        try:
+            if name.startswith("socket://"):
+                port = socket_port.open_url(name, baudrate=ROM_BAUD, exclusive=True)
+            else:
+                port = serial.serial_for_url(
+                    name, baudrate=ROM_BAUD, exclusive=True, do_not_open=True
+                )
+            if sys.platform == "win32":  # as esptool does: keep RTS/DTR from resetting the chip
+                port.rts = False
+                port.dtr = False
+            port.open()
+        except (OSError, ValueError) as exc:
+            code = FlashErrorCode.CONNECT_FAILED
+            if getattr(exc, "errno", None) in _NOT_FOUND_ERRNOS:
+                code = FlashErrorCode.PORT_NOT_FOUND
+            elif getattr(exc, "errno", None) in _BUSY_ERRNOS:
+                code = FlashErrorCode.PORT_BUSY
+            reason = _describe(exc)
+            message = reason if name in reason else f"could not open serial port {name}: {reason}"
+            raise self._error(code, message) from exc
+        return port
+
+    def _connect(self, port: Any) -> Any:
+        try:
+            esp = cmds.detect_chip(
+                port, ROM_BAUD, "default-reset", False, self.job.connect_attempts
+            )
+        except FatalError as exc:
+            if not port.is_open:  # esptool closes the port when no attempt got a SYNC reply
+                raise self._error(
+                    FlashErrorCode.BOOTLOADER_NOT_ENTERED,
+                    f"the chip on {self.job.port} did not answer the bootloader sync: "
+                    "hold the BOOT button, press and release RESET (EN), and retry",
+                ) from exc
+            raise self._error(
+                FlashErrorCode.CONNECT_FAILED, f"could not identify the chip: {_describe(exc)}"
+            ) from exc
+        except OSError as exc:
+            raise self._error(
+                FlashErrorCode.CONNECT_FAILED, f"serial link failed: {_describe(exc)}"
+            ) from exc
+        self._emit(3)
+        with self._translate(FlashErrorCode.CONNECT_FAILED, "could not read the chip's MAC"):
+            self.chip_type = str(esp.CHIP_NAME)
+            self.mac = ":".join(f"{octet:02x}" for octet in esp.read_mac())
+        self._emit(4)  # reports chip and MAC, also when the MAC turns out to be the wrong one
+        self._check_mac(self.mac)
+        return esp
+
+    def _check_mac(self, mac: str) -> None:
+        expected = self.job.expected_mac
+        if expected is not None and normalise_mac(expected) != mac:
+            raise self._error(
+                FlashErrorCode.MAC_MISMATCH,
+                f"the chip's MAC is {mac}, expected {normalise_mac(expected)}: nothing written",
+            )
+
+    def _start_stub(self, esp: Any) -> Any:
+        self.checkpoint()
+        with self._translate(FlashErrorCode.CONNECT_FAILED, "could not start the flasher stub"):
+            esp = cmds.run_stub(esp)
+        self._emit(7)
+        if self.job.baud != ROM_BAUD:
+            with self._translate(
+                FlashErrorCode.CONNECT_FAILED, f"could not switch to {self.job.baud} baud"
+            ):
+                esp.change_baud(self.job.baud)
+        self._emit(9)
+        return esp
+
+    def _read_partition_table(self, esp: Any) -> PartitionEntry:
+        code = FlashErrorCode.PARTITION_TABLE_UNREADABLE
+        with self._translate(code, "could not read the partition table"):
+            cmds.attach_flash(esp)
+            data = cmds.read_flash(esp, PARTITION_TABLE_OFFSET, PARTITION_TABLE_MAX_SIZE)
+        try:
+            self.partition = find_nvs_partition(parse_partition_table(data))
+        except PartitionTableError as exc:
+            raise self._error(exc.code, exc.message) from exc
+        self._emit(19)
+        return self.partition
+
+    def _fetch(
+        self, fetch_image: Callable[[PartitionEntry], bytes], partition: PartitionEntry
+    ) -> bytes:
+        image = bytes(fetch_image(partition))
+        self.checkpoint()
+        if len(image) != partition.size:
+            raise self._error(
+                FlashErrorCode.BLOB_SIZE_MISMATCH,
+                f"the NVS image is {len(image)} bytes, the {partition.name!r} partition "
+                f"is {partition.size} bytes",
+            )
+        self._emit(29)
+        return image
+
+    def _write(self, esp: Any, partition: PartitionEntry, image: bytes) -> None:
+        try:
+            cmds.write_flash(esp, [(partition.offset, image)])
+        except _ESPTOOL_ERRORS as exc:
+            # write_flash checks the MD5 itself once every byte went out; tell a write that
+            # did not stick (verify_failed) from one that broke off (write_failed).
+            if self._write_streamed and self._region_differs(esp, partition, image):
+                self._enter(FlashPhase.VERIFYING)
+                raise self._error(
+                    FlashErrorCode.VERIFY_FAILED,
+                    f"the flash at {partition.offset:#x} does not hold the image after "
+                    f"writing: {_describe(exc)}",
+                ) from exc
+            raise self._error(
+                FlashErrorCode.WRITE_FAILED,
+                f"writing {len(image)} bytes at {partition.offset:#x} failed: {_describe(exc)}",
+            ) from exc
+
+    def _region_differs(self, esp: Any, partition: PartitionEntry, image: bytes) -> bool:
+        try:
+            esp.flush_input()
+            actual = str(esp.flash_md5sum(partition.offset, partition.size))
+        except _ESPTOOL_ERRORS:
+            return False  # the link is gone: it was the write that failed
+        return actual != hashlib.md5(image, usedforsecurity=False).hexdigest()
+
+    def _verify(self, esp: Any, partition: PartitionEntry, image: bytes) -> str:
+        expected = hashlib.md5(image, usedforsecurity=False).hexdigest()
+        with self._translate(FlashErrorCode.VERIFY_FAILED, "could not read back the MD5"):
+            esp.flush_input()  # write_flash may have reconnected underneath this loader
+            actual = str(esp.flash_md5sum(partition.offset, partition.size))
+        if actual != expected:
+            raise self._error(
+                FlashErrorCode.VERIFY_FAILED,
+                f"MD5 of the flash at {partition.offset:#x} is {actual}, expected {expected}",
+            )
+        return expected
+
+    def _after(self, esp: Any) -> None:
+        mode = "hard-reset" if self.job.after is FlashAfter.HARD_RESET else "no-reset"
+        try:
+            cmds.reset_chip(esp, mode)
+        except _ESPTOOL_ERRORS as exc:  # the image is verified; a failed reset only warrants a note
+            logger.warning(
+                "flash_reset_failed", port=self.job.port, mode=mode, error=_describe(exc)
+            )

@@ -1,0 +1,369 @@
+"""One flash job as both the station and ``broker-agent flash`` run it: events, record, thread.
+
+- ``JobRequest``: a validated command (where, what device, how).
+- ``run_job``: BLOCKING; runs ``run_flash_job`` and turns its progress into the contract's
+  event stream (``accepted``, ``in_progress``..., then exactly one ``ok`` or ``error``), handed
+  to a ``publish`` callback on the job's thread. The finished job is recorded (the
+  manufacturing log) *before* the final event goes out, so an ``ok`` means it is on disk.
+- ``JobEventStream``: the stream's rules: progress never decreases, a phase change is never
+  skipped, byte progress is throttled (default at most 10 events/s), ``ok`` is 100/``done``,
+  ``error`` keeps the failing phase and the last progress that was published.
+- ``ManufacturingLog``: one JSON line per finished job, appended and fsync'd.
+- ``JobThread`` / ``call_from_job_thread``: a job's own worker thread, awaitable from the loop,
+  and the way back from that thread into the loop (the agent's image) that honours cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from broker_agent.station.flasher import (
+    FlashJobSpec,
+    FlashOutcome,
+    FlashProgress,
+    run_flash_job,
+)
+from broker_agent.errors import FlashJobError
+from broker_agent.logs import get_logger
+from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase, FlashStatus
+from firmware_contracts.partition_table import PartitionEntry
+from firmware_contracts.payloads import (
+    ChipInfo,
+    ErrorDetail,
+    FlashErrorDetail,
+    FlashEvent,
+    PartitionInfo,
+    utc_timestamp,
+)
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_EVENT_INTERVAL_S = 0.1
+"""Byte progress goes out at most this often per job (phase changes always go out)."""
+
+_CANCEL_POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A flash command that passed validation and has a port."""
+
+    request_id: str
+    device_id: str
+    port: str
+    baud: int = 460800
+    after: FlashAfter = FlashAfter.NO_RESET
+    expected_mac: str | None = None
+    connect_attempts: int = 3
+
+    def spec(self) -> FlashJobSpec:
+        return FlashJobSpec(
+            port=self.port,
+            baud=self.baud,
+            after=self.after,
+            expected_mac=self.expected_mac,
+            connect_attempts=self.connect_attempts,
+        )
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How a job ended: ``outcome`` (verified) or ``error``, and what was learnt on the way."""
+
+    request: JobRequest
+    outcome: FlashOutcome | None
+    error: FlashJobError | None
+    chip_type: str | None
+    mac: str | None
+    partition: PartitionEntry | None
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is not None
+
+
+class JobEventStream:
+    """Builds one job's events from the flasher's progress; call it from the job's thread."""
+
+    def __init__(
+        self,
+        request: JobRequest,
+        publish: Callable[[FlashEvent], None],
+        *,
+        min_interval_s: float = DEFAULT_EVENT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.request = request
+        self._publish = publish
+        self._min_interval_s = min_interval_s
+        self._clock = clock
+        self.phase = FlashPhase.CONNECTING
+        self.progress = 0
+        self._published_at = float("-inf")
+        self.chip_type: str | None = None
+        self.mac: str | None = None
+        self.partition: PartitionEntry | None = None
+
+    def _event(self, status: FlashStatus, **extra: Any) -> FlashEvent:
+        chip = None
+        if self.chip_type is not None and self.mac is not None:
+            chip = ChipInfo(type=self.chip_type, mac=self.mac)
+        partition = None
+        if self.partition is not None:
+            partition = PartitionInfo(offset=self.partition.offset, size=self.partition.size)
+        return FlashEvent(
+            request_id=self.request.request_id,
+            status=status,
+            phase=self.phase,
+            progress=self.progress,
+            device_id=self.request.device_id,
+            port=self.request.port,
+            chip=chip,
+            partition=partition,
+            **extra,
+        )
+
+    def _send(self, event: FlashEvent) -> None:
+        self._published_at = self._clock()
+        self._publish(event)
+
+    def accepted(self) -> None:
+        self._send(self._event(FlashStatus.ACCEPTED))
+
+    def on_progress(self, report: FlashProgress) -> None:
+        """The flasher's ``report`` callback."""
+        self.chip_type = report.chip_type or self.chip_type
+        self.mac = report.mac or self.mac
+        self.partition = report.partition or self.partition
+        progress = max(self.progress, report.progress)
+        if report.phase == self.phase and progress == self.progress:
+            return
+        due = self._clock() - self._published_at >= self._min_interval_s
+        if report.phase == self.phase and not due:
+            return  # byte progress, throttled; the next event carries the newer value
+        self.phase = report.phase
+        self.progress = progress
+        self._send(self._event(FlashStatus.IN_PROGRESS))
+
+    def finish(self, result: JobResult) -> FlashEvent:
+        """Publish and return the one final event."""
+        if result.outcome is not None:
+            self.phase = FlashPhase.DONE
+            self.progress = 100
+            event = self._event(FlashStatus.OK, md5=result.outcome.md5)
+        else:
+            assert result.error is not None
+            self.phase = result.error.phase  # progress stays at what was last published
+            event = self._event(FlashStatus.ERROR, error=error_detail(result.error))
+        self._send(event)
+        return event
+
+
+def error_detail(error: FlashJobError) -> FlashErrorDetail:
+    cause = None
+    if error.cause is not None:
+        cause = ErrorDetail(
+            code=str(error.cause.get("code", "")), message=str(error.cause.get("message", ""))
+        )
+    return FlashErrorDetail(code=error.code, message=error.message, cause=cause)
+
+
+def run_job(
+    request: JobRequest,
+    fetch_image: Callable[[PartitionEntry], bytes],
+    publish: Callable[[FlashEvent], None],
+    cancel: threading.Event,
+    *,
+    record: Callable[[JobResult], None] | None = None,
+    min_interval_s: float = DEFAULT_EVENT_INTERVAL_S,
+) -> JobResult:
+    """Run one job to its end. BLOCKING: call it on the job's own thread. Never raises."""
+    stream = JobEventStream(request, publish, min_interval_s=min_interval_s)
+    stream.accepted()
+    started = time.monotonic()
+    outcome: FlashOutcome | None = None
+    error: FlashJobError | None = None
+    try:
+        outcome = run_flash_job(request.spec(), fetch_image, stream.on_progress, cancel)
+    except FlashJobError as exc:
+        error = exc
+    except Exception as exc:
+        log.exception("flash_job_crashed", request_id=request.request_id, port=request.port)
+        error = FlashJobError(
+            FlashErrorCode.INTERNAL_ERROR,
+            f"unexpected {type(exc).__name__} while {stream.phase.value}",
+            stream.phase,
+        )
+    if outcome is not None:
+        stream.chip_type, stream.mac = outcome.chip_type, outcome.mac
+        stream.partition = outcome.partition
+    result = JobResult(
+        request,
+        outcome,
+        error,
+        stream.chip_type,
+        stream.mac,
+        stream.partition,
+        round(time.monotonic() - started, 3),
+    )
+    if record is not None:
+        try:
+            record(result)
+        except Exception:  # the final event must go out all the same
+            log.exception("flash_job_record_failed", request_id=request.request_id)
+    stream.finish(result)
+    return result
+
+
+# -- the manufacturing log -------------------------------------------------------------------
+
+
+class ManufacturingLog:
+    """``<path>``: one JSON object per finished job, appended, fsync'd line by line.
+
+    Holds what a production record needs (who, which board, where, which image by MD5, how
+    it ended) and never the image or a credential. Each line is one ``write`` on an
+    ``O_APPEND`` descriptor, so a station and a ``flash`` command may share the file.
+    """
+
+    def __init__(self, path: Path, station_id: str) -> None:
+        self.path = path
+        self.station_id = station_id
+        self._lock = threading.Lock()
+
+    def record(self, result: JobResult) -> dict[str, Any]:
+        request, error, partition = result.request, result.error, result.partition
+        return {
+            "ts": utc_timestamp(),
+            "station_id": self.station_id,
+            "request_id": request.request_id,
+            "device_id": request.device_id,
+            "port": request.port,
+            "chip": result.chip_type,
+            "mac": result.mac,
+            "partition_offset": partition.offset if partition else None,
+            "partition_size": partition.size if partition else None,
+            "md5": result.outcome.md5 if result.outcome else None,
+            "result": "ok" if result.ok else "error",
+            "error_code": error.code.value if error else None,
+            "error_phase": error.phase.value if error else None,
+            "duration_s": result.duration_s,
+        }
+
+    def append(self, result: JobResult) -> None:
+        """Append the job's line; a failure is logged, never raised (the board is done)."""
+        line = json.dumps(self.record(result), separators=(",", ":")) + "\n"
+        try:
+            with self._lock:
+                self._append_line(line.encode("utf-8"))
+        except OSError as exc:
+            log.error(
+                "manufacturing_log_failed",
+                path=str(self.path),
+                request_id=result.request.request_id,
+                error=exc.strerror or str(exc),
+            )
+
+    def _append_line(self, data: bytes) -> None:
+        created = not self.path.exists()
+        if created:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:  # the new directory entry must survive a power cut too
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+# -- threads -----------------------------------------------------------------------------------
+
+
+@dataclass
+class JobThread(Generic[T]):
+    """A job's own worker thread whose result the event loop can await."""
+
+    name: str
+    target: Callable[[], T]
+    thread: threading.Thread | None = field(default=None, init=False)
+    _future: asyncio.Future[T] | None = field(default=None, init=False)
+
+    def start(self) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._future = future
+
+        def settle(outcome: Callable[[], None]) -> None:
+            if not future.done():
+                outcome()
+
+        def body() -> None:
+            try:
+                value = self.target()
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                failure = exc
+                post_to_loop(loop, settle, lambda: future.set_exception(failure))
+            else:
+                post_to_loop(loop, settle, lambda: future.set_result(value))
+
+        self.thread = threading.Thread(target=body, name=self.name, daemon=True)
+        self.thread.start()
+        return future
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread (blocking); True when it has ended."""
+        if self.thread is None:
+            return True
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+def post_to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """``loop.call_soon_threadsafe`` that does nothing once the loop is closed."""
+    with contextlib.suppress(RuntimeError):  # closed: nobody awaits the thread any more
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def call_from_job_thread(
+    loop: asyncio.AbstractEventLoop,
+    coroutine: Coroutine[Any, Any, T],
+    cancel: threading.Event,
+    phase: FlashPhase,
+) -> T:
+    """Run ``coroutine`` on ``loop`` and wait for it on this (job) thread.
+
+    Setting ``cancel`` stops the wait: the coroutine is cancelled and the job ends ``aborted``.
+    """
+    future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+    while True:
+        try:
+            return future.result(timeout=_CANCEL_POLL_S)
+        except concurrent.futures.TimeoutError:
+            if cancel.is_set():
+                future.cancel()
+                raise FlashJobError(
+                    FlashErrorCode.ABORTED, f"flash job cancelled while {phase.value}", phase
+                ) from None
+        except concurrent.futures.CancelledError:
+            raise FlashJobError(
+                FlashErrorCode.ABORTED, f"flash job cancelled while {phase.value}", phase
+            ) from None

@@ -1,0 +1,516 @@
+"""The flash station (contract section 4): flash commands over MQTT, one worker thread per job.
+
+Tasks (all named): the port scanner, the MQTT session loop and, per job, a task that publishes
+the job's events in order while the job runs on its own thread (``flash_job.run_job``).
+
+Per connection: subscribe to ``flash/request`` and ``flash/cancel`` (Retain Handling 2: a
+command retained before the station subscribed is never run) and to the provisioning answers
+addressed to this station, THEN publish the retained ``online`` status with the ports. The
+status is re-published whenever a port appears, disappears or changes its busy flag.
+
+Jobs outlive a connection: a job keeps running while the station reconnects; its
+``in_progress`` events published meanwhile are dropped, its final event waits for the next
+connection. On shutdown every job is cancelled (it ends ``aborted`` unless it is past the
+point of verifying) and its final event published before the ``offline`` status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import ValidationError
+
+from broker_agent import __version__
+from broker_agent.mqtt.client import (
+    Backoff,
+    BrokerUrl,
+    Will,
+    make_client,
+    message_property,
+    raise_if_cancelled,
+    response_properties,
+    run_forever_connected,
+    wait_disconnected,
+)
+from broker_agent.station.ports import PortScan, port_key, scan_ports
+from broker_agent.errors import SetupError
+from broker_agent.logs import get_logger
+from broker_agent.station.commands import (
+    Rejected,
+    new_request_id,
+    parse_command,
+    response_topic_problem,
+    select_port,
+)
+from broker_agent.station.job import (
+    JobRequest,
+    JobResult,
+    JobThread,
+    ManufacturingLog,
+    call_from_job_thread,
+    post_to_loop,
+    run_job,
+)
+from broker_agent.provisioning.requester import ImageRequester
+from broker_agent.settings import StationSettings
+from broker_agent.simulator import BoardConfig, BoardServer, SimulatedBoard
+from firmware_contracts.codes import FlashErrorCode, FlashPhase, FlashStatus, PresenceState
+from firmware_contracts.partition_table import PartitionEntry
+from firmware_contracts.payloads import (
+    FlashCancel,
+    FlashErrorDetail,
+    FlashEvent,
+    FlashRequest,
+    PortInfo,
+    StationStatus,
+)
+from firmware_contracts.topics import TOPICS, TopicKind, Topics
+
+log = get_logger(__name__)
+
+SHUTDOWN_GRACE_S = 10.0
+SIMULATED_DESCRIPTION = "simulated ESP32"
+_FINAL = (FlashStatus.OK, FlashStatus.ERROR)
+
+
+@dataclass(eq=False)
+class _Job:
+    request: JobRequest
+    port_key: str
+    topic: str
+    correlation: bytes | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    outbox: asyncio.Queue[FlashEvent] = field(default_factory=asyncio.Queue)
+    thread: JobThread[JobResult] | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class Station:
+    """One flash station. ``online`` is set while it is connected and announced."""
+
+    def __init__(
+        self,
+        settings: StationSettings,
+        broker_url: str | None = None,
+        *,
+        connect_attempts: int = 3,
+        event_interval_s: float = 0.1,
+    ) -> None:
+        url = broker_url or settings.broker_url
+        if url is None:
+            raise SetupError(
+                "the station needs a broker: pass --broker-url or set BROKER_AGENT_BROKER_URL"
+            )
+        self.settings = settings
+        self.broker_url = url
+        self.station_id = settings.station_id
+        self.topics = Topics(settings.topic_root)
+        self.connect_attempts = connect_attempts
+        self.event_interval_s = event_interval_s
+        self.online = asyncio.Event()
+        self.requester = ImageRequester(self.topics, self.station_id, settings.provision_timeout_s)
+        self.manufacturing_log = ManufacturingLog(settings.manufacturing_log, self.station_id)
+        self.simulated: list[BoardServer] = []
+        self.jobs: dict[str, _Job] = {}  # running, by request_id
+        self._scan = PortScan((), frozenset())
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._status_dirty = asyncio.Event()
+        self._last_status: bytes | None = None
+        self._job_group: asyncio.TaskGroup | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        with self._simulated_boards():
+            self._scan = await asyncio.to_thread(scan_ports)
+            try:
+                async with asyncio.TaskGroup() as jobs:
+                    self._job_group = jobs
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._watch_ports(), name="port-scanner")
+                        group.create_task(
+                            run_forever_connected(
+                                self._connect, self._session, backoff, self._disconnected
+                            ),
+                            name="mqtt-session-loop",
+                        )
+            finally:
+                self._job_group = None
+                self._stop_job_threads()
+
+    @contextlib.contextmanager
+    def _simulated_boards(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for index in range(self.settings.simulate):
+                board = SimulatedBoard(BoardConfig(mac=f"24:0a:c4:00:00:{index + 1:02x}"))
+                self.simulated.append(stack.enter_context(BoardServer(board)))
+                log.info("simulated_board_started", port=self.simulated[-1].url)
+            try:
+                yield
+            finally:
+                self.simulated.clear()
+
+    def _stop_job_threads(self) -> None:
+        """Cancel what still runs and wait (bounded) for the threads to close their ports."""
+        for job in self.jobs.values():
+            job.cancel.set()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        for job in list(self.jobs.values()):
+            remaining = max(deadline - time.monotonic(), 0.0)
+            if job.thread is not None and not job.thread.join(remaining):
+                log.error("flash_job_thread_stuck", request_id=job.request.request_id)
+
+    def _connect(self) -> aiomqtt.Client:
+        offline = StationStatus(state=PresenceState.OFFLINE, station_id=self.station_id)
+        spec = TOPICS[TopicKind.STATION_STATUS]
+        will = Will(self._status_topic, offline.to_json(), retain=spec.retained, qos=spec.qos)
+        return make_client(
+            self.settings, self.broker_url, client_id=self.station_id, will=will, route=self._route
+        )
+
+    def _disconnected(self, error: Exception, delay: float) -> None:
+        log.warning("broker_disconnected", error=str(error), retry_in_s=round(delay, 2))
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(wait_disconnected(client), name="mqtt-connection")
+                commands = SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=2)
+                await client.subscribe(self.topics.flash_request(self.station_id), options=commands)
+                await client.subscribe(self.topics.flash_cancel(self.station_id), options=commands)
+                await self.requester.attach(client)
+                self._client = client
+                self._connected.set()
+                await self._publish_status(client, force=True)
+                group.create_task(self._publish_status_changes(client), name="station-status")
+                raise_if_cancelled()  # aiomqtt's wait_for may have swallowed a cancel
+                self.online.set()
+                log.info(
+                    "station_online",
+                    station_id=self.station_id,
+                    broker=BrokerUrl.parse(self.broker_url).display(),
+                    ports=[port.port for port in self._ports()],
+                )
+        except asyncio.CancelledError:
+            await self._shutdown(client)
+            raise
+        finally:
+            self.online.clear()
+            self._connected.clear()
+            self._client = None
+            self.requester.detach()
+
+    async def _shutdown(self, client: aiomqtt.Client) -> None:
+        """Abort the jobs, publish their final events, then say offline."""
+        tasks = [job.task for job in self.jobs.values() if job.task is not None]
+        for job in self.jobs.values():
+            job.cancel.set()
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+        offline = StationStatus(state=PresenceState.OFFLINE, station_id=self.station_id)
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(
+                self._status_topic, offline.to_json(), qos=1, retain=True, timeout=2
+            )
+        log.info("station_offline", station_id=self.station_id)
+
+    # -- ports and status ----------------------------------------------------------------
+
+    @property
+    def _status_topic(self) -> str:
+        return self.topics.station_status(self.station_id)
+
+    def _candidates(self) -> list[PortInfo]:
+        simulated = [
+            PortInfo(port=s.url, description=SIMULATED_DESCRIPTION) for s in self.simulated
+        ]
+        return [*self._scan.candidates, *simulated]
+
+    def _ports(self) -> list[PortInfo]:
+        """The candidates, plus any other port a job is using, each with its busy flag."""
+        ports = self._candidates()
+        listed = {port_key(port.port) for port in ports}
+        ports += [
+            PortInfo(port=job.request.port)
+            for job in self.jobs.values()
+            if job.port_key not in listed
+        ]
+        busy = self._busy()
+        return [port.model_copy(update={"busy": port_key(port.port) in busy}) for port in ports]
+
+    def _busy(self) -> dict[str, str]:
+        """port_key -> request_id of the job running there."""
+        return {job.port_key: request_id for request_id, job in self.jobs.items()}
+
+    def _status_changed(self) -> None:
+        self._status_dirty.set()
+
+    async def _publish_status(self, client: aiomqtt.Client, *, force: bool = False) -> None:
+        status = StationStatus(
+            state=PresenceState.ONLINE,
+            station_id=self.station_id,
+            ports=self._ports(),
+            version=__version__,
+        )
+        payload = status.to_json()
+        if payload == self._last_status and not force:
+            return
+        self._last_status = payload
+        await client.publish(self._status_topic, payload, qos=1, retain=True)
+
+    async def _publish_status_changes(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            await self._publish_status(client)
+            raise_if_cancelled()
+
+    async def _watch_ports(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.port_scan_interval_s)
+            try:
+                scan = await asyncio.to_thread(scan_ports)
+            except Exception:  # a failed scan must not stop the station
+                log.exception("port_scan_failed")
+                continue
+            if scan != self._scan:
+                self._scan = scan
+                log.info("ports_changed", candidates=[port.port for port in scan.candidates])
+                self._status_changed()
+
+    # -- incoming messages (sync, on the loop) -------------------------------------------
+
+    def _route(self, message: aiomqtt.Message) -> bool:
+        topic = message.topic.value
+        match = self.topics.parse(topic)
+        try:
+            if match is None:
+                log.info("message_ignored", topic=topic[:200])
+            elif match.kind is TopicKind.PROVISION_RESPONSE:
+                self.requester.on_response(match, message)
+            elif match.identifier != self.station_id:
+                log.info("message_ignored", topic=topic[:200])
+            elif match.kind is TopicKind.FLASH_REQUEST:
+                self._on_flash_request(message)
+            elif match.kind is TopicKind.FLASH_CANCEL:
+                self._on_flash_cancel(message)
+            else:
+                log.info("message_ignored", topic=topic[:200])
+        except Exception:  # the one place that keeps the station alive
+            log.exception("message_handler_failed", topic=topic[:200])
+        return True
+
+    def _on_flash_request(self, message: aiomqtt.Message) -> None:
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        if message.retain and not payload:
+            return  # our own clearing of a retained command, echoed back
+        correlation = message_property(message, "CorrelationData")
+        response_topic = message_property(message, "ResponseTopic")
+        problem = response_topic_problem(self.topics, self.station_id, response_topic)
+        reply_to = None if problem is not None else response_topic
+        try:
+            if message.retain:  # live and retained: refuse it, and clear it so nobody runs it
+                self._spawn(self._clear_retained_command(message.topic.value), "clear-command")
+                raise Rejected(
+                    FlashErrorCode.INVALID_REQUEST,
+                    "a flash command must not be retained (it was cleared)",
+                )
+            command = parse_command(payload)
+            request_id = command.request_id or new_request_id()
+            if problem is not None:
+                raise Rejected(FlashErrorCode.INVALID_REQUEST, problem, request_id)
+            self._accept(command, request_id, reply_to, correlation)
+        except Rejected as rejection:
+            self._reject(rejection, reply_to, correlation)
+
+    def _select_port(self, requested: str | None) -> str:
+        def attached(port: str) -> bool:
+            if self._scan.is_attached(port):
+                return True
+            self._scan = scan_ports()  # plugged in since the last scan?
+            self._status_changed()
+            return self._scan.is_attached(port)
+
+        return select_port(requested, [port.port for port in self._candidates()], attached)
+
+    def _accept(
+        self, command: FlashRequest, request_id: str, topic: str | None, correlation: bytes | None
+    ) -> None:
+        try:
+            port = self._select_port(command.port)
+            key = port_key(port)
+            holder = self._busy().get(key)
+            if holder is not None:
+                raise Rejected(FlashErrorCode.PORT_BUSY, f"port {port} is busy with job {holder}")
+            if request_id in self.jobs:
+                raise Rejected(
+                    FlashErrorCode.INVALID_REQUEST,
+                    f"a job with request_id {request_id} is already running",
+                )
+        except Rejected as rejection:
+            rejection.request_id = request_id
+            rejection.device_id, rejection.port = command.device_id, command.port
+            raise
+        request = JobRequest(
+            request_id=request_id,
+            device_id=command.device_id,
+            port=port,
+            baud=command.baud,
+            after=command.after,
+            expected_mac=command.expected_mac,
+            connect_attempts=self.connect_attempts,
+        )
+        job = _Job(request, key, topic or self.topics.flash_response(self.station_id), correlation)
+        self.jobs[request_id] = job
+        self._status_changed()
+        log.info(
+            "flash_job_accepted", request_id=request_id, device_id=command.device_id, port=port
+        )
+        job.thread = JobThread(f"flash-job-{port}", lambda: self._run_blocking(job))
+        job.task = self._spawn(self._run_job(job), f"flash-job-{request_id}")
+
+    def _reject(self, rejection: Rejected, topic: str | None, correlation: bytes | None) -> None:
+        request_id = rejection.request_id or new_request_id()
+        log.warning(
+            "flash_request_rejected",
+            request_id=request_id,
+            code=rejection.code.value,
+            error=rejection.message,
+        )
+        event = FlashEvent(
+            request_id=request_id,
+            status=FlashStatus.ERROR,
+            phase=FlashPhase.CONNECTING,
+            progress=0,
+            device_id=rejection.device_id,
+            port=rejection.port,
+            error=FlashErrorDetail(code=rejection.code, message=rejection.message),
+        )
+        target = topic or self.topics.flash_response(self.station_id)
+        self._spawn(self._publish_event(target, correlation, event), "flash-rejection")
+
+    def _on_flash_cancel(self, message: aiomqtt.Message) -> None:
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        try:
+            request_id = FlashCancel.model_validate_json(payload).request_id
+        except ValidationError:
+            log.warning("flash_cancel_invalid", size=len(payload))
+            return
+        job = self.jobs.get(request_id)
+        if job is None:
+            log.info("flash_cancel_unknown", request_id=request_id)
+            return
+        job.cancel.set()
+        log.info("flash_cancel_requested", request_id=request_id, port=job.request.port)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        group = self._job_group
+        if group is None:  # not running (or stopping): nothing may start any more
+            coroutine.close()
+            return None
+        return group.create_task(coroutine, name=name)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _run_blocking(self, job: _Job) -> JobResult:
+        """The job's thread: flash, log, and hand every event to the loop."""
+        loop = self._loop
+        assert loop is not None
+        request = job.request
+
+        def fetch_image(partition: PartitionEntry) -> bytes:
+            fetch = self.requester.fetch(request.device_id, request.request_id, partition.size)
+            return call_from_job_thread(loop, fetch, job.cancel, FlashPhase.FETCHING_NVS)
+
+        return run_job(
+            request,
+            fetch_image,
+            lambda event: post_to_loop(loop, job.outbox.put_nowait, event),
+            job.cancel,
+            record=self.manufacturing_log.append,
+            min_interval_s=self.event_interval_s,
+        )
+
+    async def _run_job(self, job: _Job) -> None:
+        assert job.thread is not None
+        try:
+            finished = job.thread.start()
+            while True:
+                event = await job.outbox.get()
+                final = event.status in _FINAL
+                if final:  # the flasher has closed the port: free it before saying so
+                    self._release(job)
+                await self._publish_event(job.topic, job.correlation, event)
+                if final:
+                    break
+            result = await finished
+            log.info(
+                "flash_job_finished",
+                request_id=job.request.request_id,
+                device_id=job.request.device_id,
+                port=job.request.port,
+                result="ok" if result.ok else "error",
+                code=result.error.code.value if result.error else None,
+                duration_s=result.duration_s,
+            )
+        except Exception:  # one job's bug must not stop the station
+            log.exception("flash_job_task_failed", request_id=job.request.request_id)
+        finally:
+            self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        if self.jobs.get(job.request.request_id) is job:
+            del self.jobs[job.request.request_id]
+            self._status_changed()
+
+    async def _publish_event(
+        self, topic: str, correlation: bytes | None, event: FlashEvent
+    ) -> None:
+        """Publish one event; a final one waits for a connection, the others are dropped."""
+        final = event.status in _FINAL
+        payload = event.to_json()
+        spec = TOPICS[TopicKind.FLASH_RESPONSE]
+        while True:
+            client = self._client
+            if client is None:
+                if not final:
+                    return
+                await self._connected.wait()
+                continue
+            try:
+                await client.publish(
+                    topic,
+                    payload,
+                    qos=spec.qos,
+                    retain=spec.retained,
+                    properties=response_properties(correlation),
+                )
+                return
+            except aiomqtt.MqttError as exc:
+                if not final:
+                    return
+                log.warning("flash_event_unsent", request_id=event.request_id, error=str(exc))
+                await asyncio.sleep(0.1)
+
+    async def _clear_retained_command(self, topic: str) -> None:
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(topic, b"", qos=1, retain=True)
+
+
+async def run_station(settings: StationSettings) -> None:
+    """``broker-agent station``: run until cancelled (SIGINT/SIGTERM)."""
+    await Station(settings).run()

@@ -1,0 +1,625 @@
+"""The production profile against a real Mosquitto: mosquitto.prod.conf, generated passwd/acl.
+
+The fixture starts Mosquitto from the project's ``mosquitto.prod.conf`` with only its paths
+and ports replaced (TLS on a free port, the plain listener on another, both on loopback), with
+password and ACL files written by ``BrokerAuthSync`` from a secrets directory, and a CA and
+server certificate made by ``scripts/make_certs.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import SecretStr
+
+from broker_agent.provisioning.credentials import CredentialStore
+from broker_agent.broker.process import free_port
+from broker_agent.mqtt.client import make_client
+from broker_agent.broker.auth_sync import BrokerAuthSettings, BrokerAuthSync
+from broker_agent.commands.provision import request_image
+from broker_agent.settings import MqttSettings
+from firmware_contracts.topics import Topics
+from tests.support.agent import agent_settings, running_agent
+from tests.support.nvs_parser import parse_nvs
+
+PROJECT = Path(__file__).resolve().parents[2]
+TOPICS = Topics("iot")
+NOT_AUTHORIZED = 0x87
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _load_make_certs() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_certs", PROJECT / "scripts/make_certs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_certs", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_certs = _load_make_certs()
+
+SERVICE_ACCOUNTS = {
+    "agents": {"test-agent": "agent-" + secrets.token_urlsafe(12)},
+    "stations": {
+        "station-1": "st1-" + secrets.token_urlsafe(12),
+        "station-2": "st2-" + secrets.token_urlsafe(12),
+    },
+    "operators": {"operator": "op-" + secrets.token_urlsafe(12)},
+}
+DEVICE_SECRETS = {"dev-a": secrets.token_urlsafe(24), "dev-b": secrets.token_urlsafe(24)}
+
+
+@dataclass
+class SecureBroker:
+    root: Path
+    tls_port: int
+    plain_port: int
+    certs: Any
+    auth: BrokerAuthSettings
+    passwords: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "mosquitto.log"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.auth.config_dir
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.auth.secrets_dir
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def settings(self, user: str, password: str | None = None) -> MqttSettings:
+        secret = password if password is not None else self.passwords[user]
+        return MqttSettings(
+            mqtt_username=user, mqtt_password=SecretStr(secret), ca_file=self.certs.ca_cert
+        )
+
+    def client(
+        self, user: str | None, password: str | None = None, *, tls: bool = False, **kw: Any
+    ) -> aiomqtt.Client:
+        """A v5 client on the plain loopback listener, or on the TLS one via ``make_client``."""
+        if tls:
+            assert user is not None
+            url = f"mqtts://localhost:{self.tls_port}"
+            kw.setdefault("client_id", f"{user}-{secrets.token_hex(3)}")
+            return make_client(self.settings(user, password), url, **kw)
+        if user is not None and password is None:
+            password = self.passwords[user]
+        return aiomqtt.Client(
+            "127.0.0.1",
+            self.plain_port,
+            username=user,
+            password=password,
+            identifier=kw.pop("identifier", f"{user}-{secrets.token_hex(3)}"),
+            protocol=aiomqtt.ProtocolVersion.V5,
+            **kw,
+        )
+
+    def start(self) -> None:
+        conf = self.root / "mosquitto.conf"
+        conf.write_text(prod_config_for_test(self), encoding="utf-8")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["mosquitto", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log_path.read_text()[-2000:]}")
+            with suppress(OSError), socket.create_connection(("127.0.0.1", self.plain_port), 0.2):
+                if self.auth.pid_file is not None and self.auth.pid_file.exists():
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def prod_config_for_test(broker: SecureBroker) -> str:
+    """mosquitto.prod.conf with the image's paths and ports swapped for the test's own."""
+    text = (PROJECT / "mosquitto.prod.conf").read_text(encoding="utf-8")
+    auth, certs = broker.auth, broker.certs
+    paths = {
+        "/mosquitto/data/auth/passwd": auth.passwd_file,
+        "/mosquitto/data/auth/acl": auth.acl_file,
+        "/mosquitto/data/auth/mosquitto.pid": auth.pid_file,
+        "/mosquitto/config/certs/ca.crt": certs.ca_cert,
+        "/mosquitto/config/certs/server.crt": certs.server_cert,
+        "/mosquitto/config/certs/server.key": certs.server_key,
+        "/mosquitto/data/": f"{broker.root / 'data'}/",
+    }
+    listeners = {
+        "listener 8883": f"listener {broker.tls_port} 127.0.0.1",
+        "listener 1883 127.0.0.1": f"listener {broker.plain_port} 127.0.0.1",
+    }
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped in listeners:
+            line = listeners[stripped]
+        elif not stripped.startswith("#") and len(stripped.split()) == 2:
+            key, value = stripped.split()
+            if value in paths:
+                line = f"{key} {paths[value]}"
+        lines.append(line)
+    result = "\n".join(lines) + "\n"
+    active = [ln for ln in result.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert not [ln for ln in active if "/mosquitto/" in ln], "a production path was not mapped"
+    assert sum(ln.startswith("listener ") for ln in active) == 2
+    (broker.root / "data").mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        result += "user root\n"  # as root, mosquitto would drop to `mosquitto` first
+    return result
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return make_certs.make_certs(tmp_path_factory.mktemp("certs"), ["broker.test"])
+
+
+@pytest.fixture
+def secure_broker(tmp_path: Path, certs: Any) -> Iterator[SecureBroker]:
+    if shutil.which("mosquitto") is None:
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
+    secrets_dir, config_dir = tmp_path / "secrets", tmp_path / "configs"
+    secrets_dir.mkdir(mode=0o700)
+    config_dir.mkdir()
+    write_json(secrets_dir / "_broker_users.json", SERVICE_ACCOUNTS)
+    write_json(secrets_dir / "_fleet.json", {"token_url": "https://t", "base_url": "https://b"})
+    for device_id, secret in DEVICE_SECRETS.items():
+        write_json(secrets_dir / f"{device_id}.json", {"client_id": "c", "client_secret": secret})
+        write_json(config_dir / f"{device_id}.json", {"name": device_id})
+    auth_dir = tmp_path / "auth"
+    auth = BrokerAuthSettings(
+        secrets_dir=secrets_dir,
+        config_dir=config_dir,
+        passwd_file=auth_dir / "passwd",
+        acl_file=auth_dir / "acl",
+        pid_file=auth_dir / "mosquitto.pid",
+        debounce_ms=20,
+    )
+    passwords = {user: pw for group in SERVICE_ACCOUNTS.values() for user, pw in group.items()}
+    broker = SecureBroker(
+        tmp_path, free_port(), free_port(), certs, auth, {**passwords, **DEVICE_SECRETS}
+    )
+    # the files exist before the broker starts (it refuses to start without them)
+    assert BrokerAuthSync(auth).sync_blocking().changed
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def publish_codes(
+    broker: SecureBroker, user: str, messages: list[tuple[str, bytes]], *, retain: bool = False
+) -> list[int]:
+    """Publish at QoS 1 with paho (aiomqtt hides PUBACK reason codes); return them in order.
+
+    One connection per message: Mosquitto 2.0.11 closes the connection right after a PUBACK
+    0x87, so a refused publish would take the ones after it down with it.
+    """
+    return [publish_code(broker, user, topic, payload, retain) for topic, payload in messages]
+
+
+def publish_code(broker: SecureBroker, user: str, topic: str, payload: bytes, retain: bool) -> int:
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"pub-{user}-{secrets.token_hex(3)}",
+        protocol=paho.MQTTv5,
+    )
+    client.username_pw_set(user, broker.passwords[user])
+    connected, acked = threading.Event(), threading.Event()
+    codes: list[int] = []
+
+    def on_connect(*args: Any) -> None:
+        connected.set()
+
+    def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        codes.append(reason.value)
+        acked.set()
+
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", broker.plain_port)
+    client.loop_start()
+    try:
+        assert connected.wait(10), "paho did not connect"
+        client.publish(topic, payload, qos=1, retain=retain)
+        assert acked.wait(10), f"no PUBACK for {topic}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return codes[0]
+
+
+async def publish(broker: SecureBroker, user: str, *topics: str, retain: bool = False) -> None:
+    """Publish (allowed) messages in order; each must be accepted (0 or 0x10 no subscribers)."""
+    messages = [(topic, b"{}") for topic in topics]
+    codes = await asyncio.to_thread(publish_codes, broker, user, messages, retain=retain)
+    assert [0] * len(topics) == [0 if c == 0x10 else c for c in codes], f"{user}: {codes}"
+
+
+@dataclass(eq=False)
+class Seen:
+    topics: list[str] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_for(self, topic: str, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while topic not in self.topics:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@asynccontextmanager
+async def subscribed(client: aiomqtt.Client, *filters: str) -> AsyncIterator[Seen]:
+    seen = Seen()
+    async with client:
+        for topic_filter in filters:
+            await client.subscribe(topic_filter, qos=1)
+
+        async def pump() -> None:
+            async for message in client.messages:
+                seen.topics.append(message.topic.value)
+                seen.arrived.set()
+
+        task = asyncio.create_task(pump(), name="security-observer")
+        try:
+            yield seen
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+async def connect_code(client: aiomqtt.Client) -> int:
+    """0 when the connection is accepted, else the CONNACK reason code."""
+    try:
+        async with client:
+            return 0
+    except aiomqtt.MqttCodeError as exc:
+        rc: Any = exc.rc  # a paho ReasonCode on MQTT v5
+        return int(getattr(rc, "value", rc))
+
+
+def t(suffix: str) -> str:
+    return f"iot/{suffix}"
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_anonymous_and_wrong_passwords_are_refused(secure_broker: SecureBroker) -> None:
+    async def main() -> dict[str, int]:
+        b = secure_broker
+        return {
+            "anonymous": await connect_code(b.client(None)),
+            "wrong password": await connect_code(b.client("dev-a", "not-the-secret")),
+            "another device's secret": await connect_code(
+                b.client("dev-a", DEVICE_SECRETS["dev-b"])
+            ),
+            "unknown user": await connect_code(b.client("dev-zz", "whatever")),
+            "right password": await connect_code(b.client("dev-a")),
+        }
+
+    codes = asyncio.run(main())
+    assert {
+        "anonymous": NOT_AUTHORIZED,
+        "wrong password": NOT_AUTHORIZED,
+        "another device's secret": NOT_AUTHORIZED,
+        "unknown user": NOT_AUTHORIZED,
+        "right password": 0,
+    } == codes
+
+
+def test_each_identity_sees_only_its_own_topics(secure_broker: SecureBroker) -> None:
+    """Everyone subscribes to '#'; what each receives is exactly what the ACL grants it."""
+    b = secure_broker
+
+    async def main() -> dict[str, set[str]]:
+        async with (
+            subscribed(b.client("dev-a"), "#", "$share/devices/#") as dev_a,
+            subscribed(b.client("station-1"), "#", "$share/s/iot/provision/+/request") as st1,
+            subscribed(b.client("station-2"), "#") as st2,
+            subscribed(b.client("operator"), "#") as operator,
+            subscribed(b.client("test-agent"), "#") as agent,
+            subscribed(b.client("test-agent"), "$share/agents/iot/provision/+/request") as shared,
+        ):
+            # every message below is published by its rightful owner (each PUBACK is 0)
+            await publish(b, "test-agent", t("devices/dev-a/config"), t("devices/dev-b/config"))
+            await publish(b, "test-agent", t("agents/test-agent/status"), retain=True)
+            await publish(
+                b,
+                "test-agent",
+                t("agents/test-agent/events"),
+                t("provision/dev-b/response/station-2/j1"),
+                t("provision/dev-a/response/station-1/j2"),
+                t("provision/dev-b/response"),
+            )
+            await publish(b, "station-1", t("stations/station-1/status"), retain=True)
+            await publish(
+                b, "station-1", t("stations/station-1/flash/response"), t("provision/dev-b/request")
+            )
+            await publish(b, "station-2", t("stations/station-2/status"), retain=True)
+            await publish(b, "operator", t("stations/station-1/flash/request"))
+            await publish(b, "dev-b", t("devices/dev-b/config/applied"))
+            await publish(b, "dev-a", t("devices/dev-a/config/applied"))
+            # markers: each subscriber's last message; everything above reached it before
+            markers = {
+                dev_a: t("devices/dev-a/config"),
+                agent: t("devices/dev-a/config"),
+                st1: t("provision/dev-a/response/station-1/end"),
+                st2: t("provision/dev-a/response/station-2/end"),
+                operator: t("agents/test-agent/events"),
+                shared: t("provision/end/request"),
+            }
+            await publish(b, "test-agent", *sorted(set(markers.values()) - {markers[shared]}))
+            await publish(b, "station-1", markers[shared])
+            for seen, marker in markers.items():
+                await seen.wait_for(marker)
+            return {
+                "dev-a": set(dev_a.topics),
+                "station-1": set(st1.topics),
+                "station-2": set(st2.topics),
+                "operator": set(operator.topics),
+                "agent": set(agent.topics),
+                "agent $share": set(shared.topics),
+            }
+
+    seen = asyncio.run(main())
+    assert {
+        "dev-a": {t("devices/dev-a/config")},
+        "station-1": {
+            t("stations/station-1/status"),
+            t("stations/station-1/flash/response"),
+            t("stations/station-1/flash/request"),
+            t("provision/dev-a/response/station-1/j2"),
+            t("provision/dev-a/response/station-1/end"),
+            t("agents/test-agent/status"),
+        },
+        "station-2": {
+            t("stations/station-2/status"),
+            t("provision/dev-b/response/station-2/j1"),
+            t("provision/dev-a/response/station-2/end"),
+            t("agents/test-agent/status"),
+        },
+        "operator": {
+            t("agents/test-agent/status"),
+            t("agents/test-agent/events"),
+            t("stations/station-1/status"),
+            t("stations/station-2/status"),
+            t("stations/station-1/flash/response"),
+        },
+        "agent": {
+            t("devices/dev-a/config"),
+            t("devices/dev-b/config"),
+            t("devices/dev-a/config/applied"),
+            t("devices/dev-b/config/applied"),
+            t("agents/test-agent/status"),
+            t("agents/test-agent/events"),
+            t("provision/dev-b/request"),
+            t("provision/end/request"),
+        },
+        "agent $share": {t("provision/dev-b/request"), t("provision/end/request")},
+    } == seen
+
+
+def test_publishing_outside_ones_rights_is_refused_and_never_delivered(
+    secure_broker: SecureBroker,
+) -> None:
+    b = secure_broker
+    forged = {
+        "dev-a": [
+            t("devices/dev-a/config"),
+            t("devices/dev-b/config/applied"),
+            t("provision/dev-a/response"),
+            t("provision/dev-a/response/station-1/x"),
+            t("provision/dev-a/request"),
+            t("agents/test-agent/status"),
+        ],
+        "station-1": [
+            t("devices/dev-a/config"),
+            t("devices/station-1/config/applied"),  # the device pattern grants stations nothing
+            t("provision/dev-a/response/station-1/x"),
+            t("stations/station-2/flash/request"),
+        ],
+        "operator": [t("devices/dev-a/config"), t("provision/dev-a/request")],
+    }
+
+    async def main() -> tuple[dict[str, list[int]], list[str], list[str]]:
+        async with (
+            subscribed(b.client("test-agent"), "#") as agent,
+            subscribed(b.client("station-1"), "#") as station,
+        ):
+            codes = {}
+            for user, topics in forged.items():
+                messages = [(topic, b"forged") for topic in topics]
+                codes[user] = await asyncio.to_thread(publish_codes, b, user, messages)
+            await publish(b, "dev-a", t("devices/dev-a/config/applied"))
+            await publish(b, "test-agent", t("provision/dev-a/response/station-1/end"))
+            await agent.wait_for(t("devices/dev-a/config/applied"))
+            await station.wait_for(t("provision/dev-a/response/station-1/end"))
+            return codes, agent.topics, station.topics
+
+    codes, agent_saw, station_saw = asyncio.run(main())
+    assert {user: [NOT_AUTHORIZED] * len(topics) for user, topics in forged.items()} == codes
+    assert [t("devices/dev-a/config/applied")] == agent_saw
+    assert [t("provision/dev-a/response/station-1/end")] == station_saw
+
+
+def test_issued_credentials_reach_the_broker_without_a_restart(
+    secure_broker: SecureBroker,
+) -> None:
+    b = secure_broker
+    write_json(b.config_dir / "dev-new.json", {"name": "new"})
+    pid_before = b.pid
+
+    async def main() -> tuple[int, int, bool]:
+        sync = BrokerAuthSync(b.auth)
+        task = asyncio.create_task(sync.run(), name="broker-auth-sync")
+        try:
+            await asyncio.wait_for(sync.ready.wait(), 10)
+            inode = b.auth.passwd_file.stat().st_ino
+            refused_before = await connect_code(b.client("dev-new", "anything"))
+            # the real issuing path, as the provisioning responder runs it
+            store = CredentialStore(b.secrets_dir, b.config_dir, issue=True)
+            secret = (await asyncio.to_thread(store.values_for, "dev-new"))["client_secret"]
+            deadline = time.monotonic() + 10
+            while (code := await connect_code(b.client("dev-new", secret))) != 0:
+                assert time.monotonic() < deadline, f"dev-new still refused ({code:#x})"
+                await asyncio.sleep(0.05)
+            # an edit that changes no credential rewrites nothing
+            syncs = sync.syncs
+            inode_after_issue = b.auth.passwd_file.stat().st_ino
+            write_json(b.config_dir / "dev-a.json", {"name": "renamed"})
+            async with asyncio.timeout(10):
+                while sync.syncs == syncs:
+                    sync.synced.clear()
+                    await sync.synced.wait()
+            unchanged = b.auth.passwd_file.stat().st_ino == inode_after_issue != inode
+            return refused_before, code, unchanged
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    refused_before, accepted, unchanged = asyncio.run(main())
+    assert (NOT_AUTHORIZED, 0, True) == (refused_before, accepted, unchanged)
+    assert (pid_before, None) == (b.pid, b.process.poll() if b.process else "gone")
+    assert 0o640 == b.auth.passwd_file.stat().st_mode & 0o777
+
+
+def test_tls_needs_the_generated_ca_and_binds_client_ids_to_users(
+    secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    b = secure_broker
+    other = make_certs.make_certs(tmp_path / "other-ca", ["broker.test"])
+
+    async def main() -> bool:
+        async with b.client("test-agent", tls=True, client_id="test-agent") as agent:
+            await agent.subscribe(t("devices/dev-a/config/applied"), qos=1)
+            # a device that claims the agent's client id must not take over its session
+            async with b.client("dev-a", tls=True, client_id="test-agent") as device:
+                await device.publish(t("devices/dev-a/config/applied"), b"{}", qos=1)
+            async with asyncio.timeout(5):
+                message = await anext(agent.messages)
+            still_connected = message.topic.value == t("devices/dev-a/config/applied")
+        return still_connected
+
+    def handshake(ca_file: Path) -> str:
+        context = ssl.create_default_context(cafile=str(ca_file))
+        with socket.create_connection(("127.0.0.1", b.tls_port), timeout=5) as raw:
+            try:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    return str(tls.version())
+            except ssl.SSLCertVerificationError as exc:
+                return f"refused: {exc.verify_message}"
+
+    assert asyncio.run(main())
+    assert handshake(b.certs.ca_cert) in ("TLSv1.2", "TLSv1.3")
+    # (checked on a bare socket: paho leaks the SSL socket of a failed handshake)
+    assert handshake(other.ca_cert).startswith("refused: ")
+
+
+def test_agent_end_to_end_over_tls(secure_broker: SecureBroker) -> None:
+    """The agent on TLS with its own account; a station provisions a new device (issuing its
+    credentials); the device connects with what its NVS image holds and gets its config."""
+    b = secure_broker
+    write_json(b.config_dir / "dev-new.json", {"interval": 7})
+    settings = agent_settings(
+        f"mqtts://localhost:{b.tls_port}",
+        b.config_dir,
+        b.secrets_dir,
+        agent_id="test-agent",
+        mqtt_username="test-agent",
+        mqtt_password=SecretStr(b.passwords["test-agent"]),
+        ca_file=b.certs.ca_cert,
+        issue_credentials=True,
+    )
+
+    async def config_of(client: aiomqtt.Client, device_id: str) -> dict[str, Any]:
+        async with client:
+            await client.subscribe(TOPICS.device_config(device_id), qos=1)
+            async with asyncio.timeout(10):
+                message = await anext(client.messages)
+        assert isinstance(message.payload, bytes)
+        return dict(json.loads(message.payload))
+
+    async def main() -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+        sync = BrokerAuthSync(b.auth)
+        sync_task = asyncio.create_task(sync.run(), name="broker-auth-sync")
+        await asyncio.wait_for(sync.ready.wait(), 10)
+        try:
+            async with running_agent(settings):
+                dev_a = await config_of(b.client("dev-a", tls=True, client_id="dev-a"), "dev-a")
+                station = b.client("station-1", tls=True, client_id="station-1")
+                async with station:
+                    image = await request_image(
+                        station,
+                        TOPICS,
+                        "dev-new",
+                        0x3000,
+                        timeout=10,
+                        response_suffix="station-1/job-1",
+                    )
+                prov = parse_nvs(image.data).strings("prov")
+                key, secret = prov["device_key"], prov["client_secret"]
+                deadline = time.monotonic() + 10
+                while await connect_code(b.client(key, secret, tls=True)) != 0:
+                    assert time.monotonic() < deadline, "the issued device was never admitted"
+                    await asyncio.sleep(0.05)
+                dev_new = await config_of(b.client(key, secret, tls=True, client_id=key), key)
+                return dev_a, prov, dev_new
+        finally:
+            sync_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await sync_task
+
+    dev_a, prov, dev_new = asyncio.run(main())
+    assert ("dev-a", {"name": "dev-a"}) == (dev_a["device_id"], dev_a["config"])
+    assert "dev-new" == prov["device_key"]
+    assert ("dev-new", {"interval": 7}) == (dev_new["device_id"], dev_new["config"])
+    issued = json.loads((b.secrets_dir / "dev-new.json").read_text())
+    assert issued["client_secret"] == prov["client_secret"]

@@ -1,0 +1,849 @@
+"""The provisioning responder against a real Mosquitto and the real agent (contract section 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import resource
+import secrets
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker_agent import cli
+from broker_agent.provisioning.messages import ProvisionedImage
+from broker_agent.broker.process import free_port
+from broker_agent.errors import ProvisionFailure
+from broker_agent.commands.provision import ProvisionRequester
+from broker_agent.settings import AgentSettings
+from firmware_contracts.codes import ProvisionErrorCode
+from firmware_contracts.identifiers import is_request_id
+from firmware_contracts.nvs import NVS_NAMESPACE
+from firmware_contracts.payloads import AgentEvent, ProvisionError, ProvisionOk
+from firmware_contracts.topics import Topics
+from tests.conftest import PROJECT, Broker
+from tests.support.agent import agent_settings, running_agent
+from tests.support.mqtt import client_for, observe, retained_snapshot, v5_properties
+from tests.support.nvs_parser import parse_nvs
+
+pytestmark = pytest.mark.timeout(60)
+
+TOPICS = Topics("iot")
+FLEET = {
+    "token_url": "https://auth.example.invalid/token",
+    "base_url": "https://api.example.invalid/",
+    "wifi_ssid": "fleet-wifi",
+    "wifi_password": "FLEET-WIFI-PASSWORD-q1w2e3",
+}
+KITCHEN = {"client_id": "iotdevice-kitchen-01", "client_secret": "KITCHEN-SECRET-z9y8x7"}
+SECRETS = ("FLEET-WIFI-PASSWORD-q1w2e3", "KITCHEN-SECRET-z9y8x7")
+
+
+@dataclass
+class Fleet:
+    broker: Broker
+    config_dir: Path
+    secrets_dir: Path
+
+    def settings(self, **extra: Any) -> AgentSettings:
+        return agent_settings(self.broker.url, self.config_dir, self.secrets_dir, **extra)
+
+
+@pytest.fixture
+def fleet(broker: Broker, tmp_path: Path) -> Fleet:
+    config_dir, secrets_dir = tmp_path / "configs", tmp_path / "secrets"
+    config_dir.mkdir()
+    secrets_dir.mkdir()
+    for device in ("kitchen-01", "garage-door", "lonely"):
+        (config_dir / f"{device}.json").write_text('{"telemetry_interval_s": 30}')
+    (secrets_dir / "_fleet.json").write_text(json.dumps(FLEET))
+    (secrets_dir / "kitchen-01.json").write_text(json.dumps(KITCHEN))
+    (secrets_dir / "garage-door.json").write_text(
+        json.dumps({"client_id": "gd", "client_secret": "GARAGE-SECRET-1", "wifi_ssid": None})
+    )
+    return Fleet(broker, config_dir, secrets_dir)
+
+
+# -- a requester ------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    topic: str
+    document: dict[str, Any]
+    correlation: bytes | None
+    retain: bool
+    properties: Any
+
+
+@dataclass
+class Requester:
+    """An MQTT v5 client that publishes requests and collects every provisioning response."""
+
+    client: aiomqtt.Client
+    replies: list[Reply] = field(default_factory=list)
+    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def send(
+        self,
+        device_id: str,
+        payload: bytes | dict[str, Any],
+        *,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+        retain: bool = False,
+        topic: str | None = None,
+    ) -> None:
+        props = v5_properties(response_topic, correlation)
+        body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+        await self.client.publish(
+            topic or TOPICS.provision_request(device_id),
+            body,
+            qos=1,
+            retain=retain,
+            properties=props,
+        )
+
+    async def wait(self, count: int, timeout: float = 10.0) -> list[Reply]:
+        async with self.arrived:
+            await asyncio.wait_for(
+                self.arrived.wait_for(lambda: len(self.replies) >= count), timeout
+            )
+        return self.replies
+
+    async def ask(self, device_id: str, payload: bytes | dict[str, Any], **kwargs: Any) -> Reply:
+        correlation = secrets.token_bytes(8)
+        await self.send(device_id, payload, correlation=correlation, **kwargs)
+        async with self.arrived:
+            await asyncio.wait_for(
+                self.arrived.wait_for(
+                    lambda: any(r.correlation == correlation for r in self.replies)
+                ),
+                10,
+            )
+        return next(r for r in self.replies if r.correlation == correlation)
+
+
+@asynccontextmanager
+async def requester(
+    broker: Broker, protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V5
+) -> AsyncIterator[Requester]:
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # no 40 ms Nagle stalls per request
+    async with client_for(broker.url, protocol=protocol, socket_options=nodelay) as client:
+        await client.subscribe("iot/provision/+/response/#", qos=1)  # also matches .../response
+        found = Requester(client)
+
+        async def pump() -> None:
+            async for message in client.messages:
+                payload = bytes(message.payload)
+                reply = Reply(
+                    str(message.topic),
+                    json.loads(payload),
+                    getattr(message.properties, "CorrelationData", None),
+                    message.retain,
+                    message.properties,
+                )
+                async with found.arrived:
+                    found.replies.append(reply)
+                    found.arrived.notify_all()
+
+        task = asyncio.create_task(pump(), name="requester-pump")
+        try:
+            yield found
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+def ok_image(reply: Reply) -> tuple[ProvisionOk, dict[str, str]]:
+    ok = ProvisionOk.model_validate(reply.document)
+    data = base64.b64decode(ok.data)
+    assert ok.partition_size == len(data)
+    parsed = parse_nvs(data)
+    assert [NVS_NAMESPACE] == list(parsed.namespaces)
+    return ok, parsed.strings(NVS_NAMESPACE)
+
+
+def error_of(reply: Reply) -> tuple[str, ProvisionErrorCode, str]:
+    error = ProvisionError.model_validate(reply.document)
+    return error.request_id, error.error.code, error.error.message
+
+
+# -- the happy path ---------------------------------------------------------------------------
+
+
+def test_v5_request_gets_the_image_on_its_response_topic_with_correlation(fleet: Fleet) -> None:
+    async def scenario() -> None:
+        with structlog.testing.capture_logs() as logs:
+            async with (
+                observe(fleet.broker.url, "iot/agents/+/events") as events,
+                running_agent(fleet.settings()),
+                requester(fleet.broker) as station,
+            ):
+                reply_to = TOPICS.provision_response("kitchen-01") + "/station-1/job-7"
+                reply = await station.ask(
+                    "kitchen-01",
+                    {"request_id": "r-17", "partition_size": 0x5000},
+                    response_topic=reply_to,
+                )
+                small = await station.ask("garage-door", {"partition_size": 0x3000})
+                await events.wait_for(lambda: len(events.events()) >= 2)
+        assert reply_to == reply.topic
+        assert not reply.retain
+        assert 60 >= reply.properties.MessageExpiryInterval > 50
+        ok, values = ok_image(reply)
+        assert ("r-17", "kitchen-01", 0x5000) == (ok.request_id, ok.device_id, ok.partition_size)
+        assert {**FLEET, **KITCHEN, "device_key": "kitchen-01"} == values
+        assert [
+            "device_key",
+            "client_id",
+            "client_secret",
+            "token_url",
+            "base_url",
+            "wifi_ssid",
+            "wifi_password",
+        ] == ok.keys
+        # optional keys absent when unset: no mqtt_url in the fleet; garage-door nulls wifi_ssid
+        small_ok, small_values = ok_image(small)
+        assert TOPICS.provision_response("garage-door") == small.topic
+        assert is_request_id(small_ok.request_id)
+        assert 0x3000 == small_ok.partition_size
+        assert {
+            "device_key",
+            "client_id",
+            "client_secret",
+            "token_url",
+            "base_url",
+            "wifi_password",
+        } == set(small_values)
+        provisioned = [
+            AgentEvent.model_validate(e) for e in events.events() if e["event"] == "provisioned"
+        ]
+        assert {
+            ("kitchen-01", 0x5000, ok.md5, "r-17"),
+            ("garage-door", 0x3000, small_ok.md5, small_ok.request_id),
+        } == {(e.device_id, e.partition_size, e.md5, e.request_id) for e in provisioned}
+        assert {"provisioned"} <= {entry["event"] for entry in logs}
+        everything = json.dumps([*events.events(), *logs], default=str)
+        for value in (*SECRETS, "GARAGE-SECRET-1"):
+            assert value not in everything
+
+    asyncio.run(scenario())
+
+
+def test_mqtt_311_requester_gets_the_default_response_topic(fleet: Fleet) -> None:
+    async def scenario() -> Reply:
+        async with (
+            running_agent(fleet.settings()),
+            requester(fleet.broker, aiomqtt.ProtocolVersion.V311) as station,
+        ):
+            await station.send("kitchen-01", {"request_id": "old-client", "partition_size": 0x4000})
+            return (await station.wait(1))[0]
+
+    reply = asyncio.run(scenario())
+    assert TOPICS.provision_response("kitchen-01") == reply.topic
+    ok, values = ok_image(reply)
+    assert "old-client" == ok.request_id
+    assert KITCHEN["client_secret"] == values["client_secret"]
+
+
+# -- every refusal ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    device: str
+    payload: bytes | dict[str, Any]
+    code: ProvisionErrorCode
+    in_message: str
+    echoed_id: str | None = None  # None: the request_id must be a made-up one
+    response_topic: str | None = None
+
+
+INVALID, SIZE = ProvisionErrorCode.INVALID_REQUEST, ProvisionErrorCode.INVALID_PARTITION_SIZE
+UNKNOWN, UNAVAILABLE = ProvisionErrorCode.UNKNOWN_DEVICE, ProvisionErrorCode.CREDENTIALS_UNAVAILABLE
+BAD_TOPIC = ProvisionErrorCode.INVALID_RESPONSE_TOPIC
+K = "kitchen-01"
+REFUSALS = [
+    Refusal(K, b"not json", INVALID, "not JSON"),
+    Refusal(K, b"", INVALID, "not JSON"),
+    Refusal(K, b"[1]", INVALID, "JSON object"),
+    Refusal(K, {"request_id": "a1"}, INVALID, "partition_size is required", "a1"),
+    Refusal(K, {"request_id": "a2", "partition_size": "0x5000"}, INVALID, "integer", "a2"),
+    Refusal(K, {"request_id": "a3", "partition_size": 0x5000, "x": 1}, INVALID, "'x'", "a3"),
+    Refusal(K, {"request_id": "", "partition_size": 0x5000}, INVALID, "request_id"),
+    Refusal(K, {"request_id": "x" * 65, "partition_size": 0x5000}, INVALID, "request_id"),
+    Refusal(K, {"request_id": "bell\x07", "partition_size": 0x5000}, INVALID, "request_id"),
+    Refusal(K, {"request_id": "b1", "partition_size": 0x2000}, SIZE, ">= 12288", "b1"),
+    Refusal(K, {"request_id": "b2", "partition_size": 0x5001}, SIZE, "multiple of 4096", "b2"),
+    Refusal(K, {"request_id": "b3", "partition_size": 0x200000}, SIZE, "<= 1048576", "b3"),
+    Refusal("nobody", {"request_id": "c1", "partition_size": 0x5000}, UNKNOWN, "nobody", "c1"),
+    Refusal(
+        "lonely",
+        {"request_id": "d1", "partition_size": 0x5000},
+        UNAVAILABLE,
+        "client_id, client_secret",
+        "d1",
+    ),
+    Refusal(
+        "broken",
+        {"request_id": "d2", "partition_size": 0x5000},
+        UNAVAILABLE,
+        "broken.json is not valid JSON",
+        "d2",
+    ),
+    Refusal(
+        K,
+        {"request_id": "e1", "partition_size": 0x5000},
+        BAD_TOPIC,
+        "iot/provision/kitchen-01/response",
+        "e1",
+        "iot/provision/garage-door/response",
+    ),
+    Refusal(
+        K,
+        {"request_id": "e2", "partition_size": 0x5000},
+        BAD_TOPIC,
+        "below it",
+        "e2",
+        "somewhere/else",
+    ),
+    Refusal(
+        K,
+        {"request_id": "e3", "partition_size": 0x5000},
+        BAD_TOPIC,
+        "below it",
+        "e3",
+        "iot/provision/kitchen-01/responses",
+    ),
+]
+
+
+@pytest.mark.allow_contract_violations  # malformed requests on purpose; replies checked here
+def test_every_error_code_over_the_wire(fleet: Fleet) -> None:
+    (fleet.config_dir / "broken.json").write_text("{}")
+    (fleet.secrets_dir / "broken.json").write_text('{"client_secret": "BROKEN-SECRET-77", }')
+
+    async def scenario() -> list[Reply]:
+        async with running_agent(fleet.settings()), requester(fleet.broker) as station:
+            return [
+                await station.ask(case.device, case.payload, response_topic=case.response_topic)
+                for case in REFUSALS
+            ]
+
+    replies = asyncio.run(scenario())
+    for case, reply in zip(REFUSALS, replies, strict=True):
+        request_id, code, message = error_of(reply)
+        assert (case.device, case.code) == (reply.document["device_id"], code)
+        assert case.in_message in message
+        assert TOPICS.provision_response(case.device) == reply.topic  # refused: the default topic
+        assert is_request_id(request_id)
+        if case.echoed_id is not None:
+            assert case.echoed_id == request_id
+        for value in (*SECRETS, "BROKEN-SECRET-77"):
+            assert value not in message
+
+
+@pytest.mark.allow_contract_violations  # malformed requests on purpose; replies checked here
+@pytest.mark.parametrize("group", ["broker-agents", ""])
+def test_retained_requests_are_refused_and_cleared(fleet: Fleet, group: str) -> None:
+    async def scenario() -> tuple[list[Reply], dict[str, bytes]]:
+        async with requester(fleet.broker) as station:
+            # retained before any agent subscribed: found at subscribe time
+            await station.send(
+                "kitchen-01", {"request_id": "before", "partition_size": 0x5000}, retain=True
+            )
+            await station.send("garage-door", b"garbage", retain=True)
+            async with running_agent(fleet.settings(provision_shared_group=group)):
+                await station.wait(2)
+                # retained while the agent is subscribed: seen live, with the retain flag
+                await station.send(
+                    "kitchen-01",
+                    {"request_id": "during", "partition_size": 0x5000},
+                    retain=True,
+                    response_topic="iot/provision/kitchen-01/response/x",
+                    correlation=b"c-during",
+                )
+                await station.wait(3)
+                normal = await station.ask(
+                    "kitchen-01", {"request_id": "after", "partition_size": 0x5000}
+                )
+                assert "ok" == normal.document["status"]
+                left = await retained_snapshot(fleet.broker.url, "iot/provision/#")
+            return station.replies, left
+
+    replies, left = asyncio.run(scenario())
+    refused = {r.document["request_id"]: r for r in replies if r.document["status"] == "error"}
+    assert 3 == len(refused)
+    assert {"before", "during"} <= set(refused)
+    for reply in refused.values():
+        assert ProvisionErrorCode.RETAINED_REQUEST_REJECTED == error_of(reply)[1]
+        assert not reply.retain
+    assert "iot/provision/kitchen-01/response/x" == refused["during"].topic
+    assert b"c-during" == refused["during"].correlation
+    assert {"garage-door", "kitchen-01"} == {r.document["device_id"] for r in refused.values()}
+    assert 4 == len(replies)  # exactly one answer each, nothing for the clearing publishes
+    assert {} == left  # every retained request was cleared
+
+
+@pytest.mark.allow_contract_violations  # malformed requests on purpose; replies checked here
+def test_a_request_on_an_invalid_device_id_topic_gets_no_reply(fleet: Fleet) -> None:
+    bad_ids = ("Kitchen-01", "-x", "a b", "x" * 65)
+
+    async def scenario() -> list[str]:
+        async with (
+            observe(fleet.broker.url, "#") as everything,
+            running_agent(fleet.settings()),
+            requester(fleet.broker) as station,
+        ):
+            for bad in bad_ids:
+                topic = f"iot/provision/{bad}/request"
+                await station.send("", {"request_id": "bad", "partition_size": 0x5000}, topic=topic)
+            # a valid request afterwards: once its answer is in, one to the others would be too
+            good = await station.ask("kitchen-01", {"request_id": "good", "partition_size": 0x5000})
+            await everything.wait_for(lambda: good.topic in everything.latest)
+            return [
+                str(m.topic)
+                for m in everything.messages
+                if str(m.topic).startswith("iot/provision/")
+            ]
+
+    seen = asyncio.run(scenario())
+    requests = [f"iot/provision/{bad}/request" for bad in bad_ids] + [
+        "iot/provision/kitchen-01/request"
+    ]
+    assert [*requests, "iot/provision/kitchen-01/response"] == seen
+
+
+# -- credentials at run time ------------------------------------------------------------------
+
+
+def test_an_edited_secrets_file_is_used_by_the_next_request(fleet: Fleet) -> None:
+    async def scenario() -> tuple[dict[str, str], dict[str, str]]:
+        async with running_agent(fleet.settings()), requester(fleet.broker) as station:
+            first = ok_image(await station.ask("kitchen-01", {"partition_size": 0x5000}))[1]
+            path = fleet.secrets_dir / "kitchen-01.json"
+            path.write_text(
+                json.dumps({**KITCHEN, "client_secret": "ROTATED", "mqtt_url": "mqtt://m"})
+            )
+            second = ok_image(await station.ask("kitchen-01", {"partition_size": 0x5000}))[1]
+            return first, second
+
+    first, second = asyncio.run(scenario())
+    assert KITCHEN["client_secret"] == first["client_secret"]
+    assert "mqtt_url" not in first
+    assert ("ROTATED", "mqtt://m") == (second["client_secret"], second["mqtt_url"])
+
+
+def test_issuing_is_idempotent_across_agent_restarts(fleet: Fleet) -> None:
+    settings = fleet.settings(issue_credentials=True)
+
+    async def once() -> dict[str, str]:
+        async with running_agent(settings), requester(fleet.broker) as station:
+            return ok_image(await station.ask("lonely", {"partition_size": 0x5000}))[1]
+
+    first = asyncio.run(once())
+    second = asyncio.run(once())
+    path = fleet.secrets_dir / "lonely.json"
+    stored = json.loads(path.read_text())
+    assert "iotdevice-lonely" == first["client_id"] == stored["client_id"]
+    assert first["client_secret"] == second["client_secret"] == stored["client_secret"]
+    assert 0o600 == stat.S_IMODE(path.stat().st_mode)
+
+
+def test_internal_error_when_issued_credentials_cannot_be_stored(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A real failure, not a mock: the agent process may not write files (RLIMIT_FSIZE 0)."""
+
+    def no_file_writes() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    agent_log = (tmp_path / "agent.log").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "PYTHONDONTWRITEBYTECODE": "1"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker_agent.cli",
+            "run",
+            "--broker-url",
+            fleet.broker.url,
+            "--config-dir",
+            str(fleet.config_dir),
+            "--secrets-dir",
+            str(fleet.secrets_dir),
+            "--agent-id",
+            "limited",
+            "--issue-credentials",
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=agent_log,
+        env=env,
+        preexec_fn=no_file_writes,
+    )
+
+    async def scenario() -> Reply:
+        async with observe(fleet.broker.url, TOPICS.agent_status("limited")) as status:
+            await status.wait_for(
+                lambda: b'"online"' in status.latest.get(TOPICS.agent_status("limited"), b""), 20
+            )
+        async with requester(fleet.broker) as station:
+            return await station.ask("lonely", {"request_id": "i1", "partition_size": 0x5000})
+
+    try:
+        reply = asyncio.run(scenario())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+        agent_log.close()
+    request_id, code, message = error_of(reply)
+    assert ("i1", ProvisionErrorCode.INTERNAL_ERROR) == (request_id, code)
+    assert "could not store issued credentials in lonely.json" in message
+    assert not (fleet.secrets_dir / "lonely.json").exists()
+
+
+# -- replicas -------------------------------------------------------------------------------
+
+
+def test_two_agents_share_200_requests_without_duplicates_or_losses(fleet: Fleet) -> None:
+    async def scenario() -> tuple[list[Reply], dict[str, int]]:
+        async with (
+            observe(fleet.broker.url, "iot/agents/+/events") as events,
+            running_agent(fleet.settings(agent_id="replica-a")),
+            running_agent(fleet.settings(agent_id="replica-b")),
+            requester(fleet.broker) as station,
+        ):
+            for index in range(200):
+                await station.send(
+                    "kitchen-01",
+                    {"request_id": f"n-{index}", "partition_size": 0x3000},
+                    response_topic=f"iot/provision/kitchen-01/response/{index % 7}",
+                )
+            await station.wait(200)
+
+            def provisioned_by(agent: str) -> int:
+                found = events.json_on(TOPICS.agent_events(agent))
+                return sum(1 for event in found if event["event"] == "provisioned")
+
+            await events.wait_for(
+                lambda: provisioned_by("replica-a") + provisioned_by("replica-b") >= 200
+            )
+            await asyncio.sleep(0.3)  # room for a duplicate to show up, were there one
+            per_agent = {agent: provisioned_by(agent) for agent in ("replica-a", "replica-b")}
+            return list(station.replies), per_agent
+
+    replies, per_agent = asyncio.run(scenario())
+    ids = [r.document["request_id"] for r in replies]
+    assert 200 == len(ids)
+    assert {f"n-{i}" for i in range(200)} == set(ids)
+    assert all(r.document["status"] == "ok" for r in replies)
+    assert all(
+        r.topic.endswith(f"/response/{int(r.document['request_id'][2:]) % 7}") for r in replies
+    )
+    assert 200 == sum(per_agent.values())
+    assert min(per_agent.values()) > 0, per_agent  # both replicas took a share
+
+
+# -- hypothesis: random payloads against one running agent -------------------------------------
+
+
+class AgentThread:
+    """The real agent on its own event loop in a thread, for tests whose body is synchronous."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="agent-thread", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            async with running_agent(self.settings):
+                self.ready.set()
+                await self._stop.wait()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by the test through `failed`
+            self.failed = exc
+            self.ready.set()
+
+    def __enter__(self) -> AgentThread:
+        self._thread.start()
+        assert self.ready.wait(20)
+        if self.failed is not None:
+            raise self.failed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        assert self.failed is None
+
+
+@pytest.fixture
+def agent_thread(fleet: Fleet) -> Iterator[AgentThread]:
+    with AgentThread(fleet.settings()) as running:
+        yield running
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=70)
+)
+_payload_objects = st.dictionaries(
+    st.sampled_from(["request_id", "partition_size", "device_id", "x"]),
+    _scalars | st.sampled_from([0x3000, 0x5000, 0x4001, 0x1000]) | st.lists(_scalars, max_size=2),
+    max_size=3,
+)
+_payloads = st.one_of(
+    _payload_objects.map(lambda d: json.dumps(d).encode()),
+    st.binary(max_size=64),
+    st.text(max_size=40).map(str.encode),
+)
+
+
+@pytest.mark.allow_contract_violations  # malformed requests on purpose; replies checked here
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(payload=_payloads, device=st.sampled_from(["kitchen-01", "lonely", "nobody"]))
+def test_random_payloads_always_get_one_contract_valid_reply(
+    agent_thread: AgentThread, fleet: Fleet, payload: bytes, device: str
+) -> None:
+    async def scenario() -> Reply:
+        async with requester(fleet.broker) as station:
+            reply = await station.ask(device, payload)
+            return reply
+
+    reply = asyncio.run(scenario())
+    assert TOPICS.provision_response(device) == reply.topic
+    if reply.document["status"] == "ok":
+        ok, _ = ok_image(reply)
+        assert device == ok.device_id
+    else:
+        _, code, message = error_of(reply)
+        assert device == reply.document["device_id"]
+        assert code is not ProvisionErrorCode.INTERNAL_ERROR
+        for value in SECRETS:
+            assert value not in message
+    try:
+        sent = json.loads(payload)
+    except ValueError:
+        sent = None
+    if isinstance(sent, dict) and is_request_id(sent.get("request_id")):
+        assert sent["request_id"] == reply.document["request_id"]
+    assert is_request_id(reply.document["request_id"])
+
+
+def test_provision_requester_serves_concurrent_requests_on_one_routed_client(fleet: Fleet) -> None:
+    """The flash station's way: its own router hands messages to the requester."""
+
+    async def scenario() -> list[ProvisionedImage | BaseException]:
+        async with running_agent(fleet.settings()), client_for(fleet.broker.url) as client:
+            requester = ProvisionRequester(client, TOPICS)
+            declined: list[str] = []
+
+            async def route() -> None:
+                async for message in client.messages:
+                    if not requester.on_message(message):
+                        declined.append(message.topic.value)
+
+            router = asyncio.create_task(route())
+            try:
+                return await asyncio.gather(
+                    requester.request("kitchen-01", 0x5000, timeout=5),
+                    requester.request(
+                        "garage-door", 0x3000, timeout=5, response_suffix="station-1/job-7"
+                    ),
+                    requester.request("nobody", 0x5000, timeout=5),
+                    return_exceptions=True,
+                )
+            finally:
+                router.cancel()
+                assert [] == declined
+
+    kitchen, garage, nobody = asyncio.run(scenario())
+    assert isinstance(kitchen, ProvisionedImage) and isinstance(garage, ProvisionedImage)
+    assert (
+        KITCHEN["client_secret"] == parse_nvs(kitchen.data).strings(NVS_NAMESPACE)["client_secret"]
+    )
+    assert ("garage-door", 0x3000, 0x3000) == (
+        garage.device_id,
+        garage.partition_size,
+        len(garage.data),
+    )
+    assert isinstance(nobody, ProvisionFailure)
+    assert ProvisionErrorCode.UNKNOWN_DEVICE == nobody.code
+
+
+# -- the provision command --------------------------------------------------------------------
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("BROKER_AGENT_"):
+            monkeypatch.delenv(name)
+
+
+def test_provision_command_online_and_offline_give_the_same_image(
+    agent_thread: AgentThread,
+    fleet: Fleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    clean_env: None,
+) -> None:
+    online, offline = tmp_path / "online.bin", tmp_path / "offline.bin"
+    code, out, err = run_cli(
+        [
+            "provision",
+            "kitchen-01",
+            "--partition-size",
+            "0x5000",
+            "-o",
+            str(online),
+            "--broker-url",
+            fleet.broker.url,
+        ],
+        capsys,
+    )
+    assert (0, "") == (code, err)
+    assert (
+        "keys: device_key, client_id, client_secret, token_url, base_url, wifi_ssid, wifi_password"
+        in out
+    )
+    values = parse_nvs(online.read_bytes()).strings(NVS_NAMESPACE)
+    assert KITCHEN["client_secret"] == values["client_secret"]
+    assert 0o600 == stat.S_IMODE(online.stat().st_mode)
+    for value in SECRETS:
+        assert value not in out
+    code, offline_out, err = run_cli(
+        [
+            "provision",
+            "kitchen-01",
+            "--partition-size",
+            "20480",
+            "-o",
+            str(offline),
+            "--offline",
+            "--secrets-dir",
+            str(fleet.secrets_dir),
+            "--config-dir",
+            str(fleet.config_dir),
+        ],
+        capsys,
+    )
+    assert (0, "") == (code, err)
+    assert online.read_bytes() == offline.read_bytes()
+    md5_line = next(line for line in out.splitlines() if line.startswith("md5: "))
+    assert md5_line in offline_out
+
+    code, out, err = run_cli(
+        [
+            "provision",
+            "nobody",
+            "--partition-size",
+            "0x5000",
+            "-o",
+            str(tmp_path / "x.bin"),
+            "--broker-url",
+            fleet.broker.url,
+        ],
+        capsys,
+    )
+    assert 1 == code
+    assert err.startswith("error: unknown_device: ")
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_provision_command_failures_and_exit_codes(
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_env: None
+) -> None:
+    out_file = str(tmp_path / "x.bin")
+    code, _, err = run_cli(
+        ["provision", "kitchen-01", "--partition-size", "0x5000", "-o", out_file], capsys
+    )
+    assert 2 == code
+    assert "needs a broker" in err and 1 == len(err.strip().splitlines())
+    code, _, err = run_cli(
+        ["provision", "Bad Id", "--partition-size", "0x5000", "-o", out_file, "--offline"], capsys
+    )
+    assert 2 == code and "device_id" in err
+    code, _, err = run_cli(
+        [
+            "provision",
+            "kitchen-01",
+            "--partition-size",
+            "0x5000",
+            "-o",
+            out_file,
+            "--broker-url",
+            broker.url,
+            "--timeout",
+            "0.5",
+        ],
+        capsys,
+    )
+    assert 1 == code
+    assert err.startswith("error: provisioning_timeout: no answer")
+    code, _, err = run_cli(
+        [
+            "provision",
+            "kitchen-01",
+            "--partition-size",
+            "0x5001",
+            "-o",
+            out_file,
+            "--offline",
+            "--secrets-dir",
+            str(tmp_path),
+        ],
+        capsys,
+    )
+    assert (
+        1,
+        "error: invalid_partition_size: partition_size must be a multiple of 4096 and >= 12288\n",
+    ) == (code, err)
+    nobody_listens = f"mqtt://127.0.0.1:{free_port()}"
+    argv = ["provision", "kitchen-01", "--partition-size", "0x5000", "-o", out_file]
+    code, _, err = run_cli([*argv, "--broker-url", nobody_listens, "--timeout", "2"], capsys)
+    assert 1 == code
+    assert err.startswith("error: broker_unavailable: ")
+    assert not Path(out_file).exists()

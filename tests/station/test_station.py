@@ -1,0 +1,812 @@
+"""The flash station end to end: real Mosquitto, real agent, real esptool, simulated boards.
+
+Every message the station publishes is also checked against the generated JSON Schemas by the
+``broker`` fixture's conformance monitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from broker_agent.station.flasher import FlashProgress
+from broker_agent.station.ports import is_candidate, scan_entries
+from broker_agent.station.job import JobEventStream, JobRequest
+from broker_agent.station.station import Station
+from broker_agent.settings import StationSettings
+from broker_agent.simulator import BoardConfig, BoardServer, Fault, SimulatedBoard
+from firmware_contracts.codes import FlashPhase
+from firmware_contracts.payloads import FlashEvent
+from firmware_contracts.topics import Topics
+from tests.conftest import PROJECT, Broker
+from tests.support.agent import agent_settings, running_agent
+from tests.support.mqtt import client_for, eventually, retained_snapshot, v5_properties
+from tests.support.nvs_parser import parse_nvs
+
+pytestmark = pytest.mark.timeout(60)
+
+STATION = "bench-1"
+TOPICS = Topics("iot")
+REQUEST_TOPIC = TOPICS.flash_request(STATION)
+CANCEL_TOPIC = TOPICS.flash_cancel(STATION)
+RESPONSE_TOPIC = TOPICS.flash_response(STATION)
+STATUS_TOPIC = TOPICS.station_status(STATION)
+PHASES = [phase.value for phase in FlashPhase]
+NVS_OFFSET, NVS_SIZE = 0x9000, 0x5000
+
+FLEET = {
+    "token_url": "https://auth.example.invalid/token",
+    "base_url": "https://api.example.invalid/",
+    "mqtt_url": "mqtts://mqtt.example.invalid:8883",
+}
+DEVICES = {
+    f"{name}": {"client_id": f"iotdevice-{name}", "client_secret": f"SECRET-{name}-q9w8e7"}
+    for name in ("kitchen-01", "dev-1", "dev-2", "dev-3", "dev-4")
+}
+
+
+def credentials(device_id: str) -> dict[str, str]:
+    return {"device_key": device_id, **FLEET, **DEVICES[device_id]}
+
+
+# -- fixtures and helpers ------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    broker: Broker
+    config_dir: Path
+    secrets_dir: Path
+    log_path: Path
+
+    def station_settings(self, **extra: Any) -> StationSettings:
+        extra.setdefault("station_id", STATION)
+        extra.setdefault("provision_timeout_s", 5.0)
+        extra.setdefault("port_scan_interval_s", 0.2)
+        extra.setdefault("reconnect_min_s", 0.05)
+        extra.setdefault("reconnect_max_s", 0.5)
+        return StationSettings(broker_url=self.broker.url, manufacturing_log=self.log_path, **extra)
+
+    def agent(self) -> Any:
+        return running_agent(agent_settings(self.broker.url, self.config_dir, self.secrets_dir))
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line) for line in self.log_path.read_text().splitlines()]
+
+
+@pytest.fixture
+def bench(broker: Broker, tmp_path: Path) -> Bench:
+    config_dir, secrets_dir = tmp_path / "configs", tmp_path / "secrets"
+    config_dir.mkdir()
+    secrets_dir.mkdir()
+    (secrets_dir / "_fleet.json").write_text(json.dumps(FLEET))
+    for device, values in DEVICES.items():
+        (secrets_dir / f"{device}.json").write_text(json.dumps(values))
+    return Bench(broker, config_dir, secrets_dir, tmp_path / "logs" / "manufacturing.jsonl")
+
+
+@asynccontextmanager
+async def running_station(settings: StationSettings, **kwargs: Any) -> AsyncIterator[Station]:
+    station = Station(settings, **kwargs)
+    task = asyncio.create_task(station.run(), name="station-under-test")
+    online = asyncio.ensure_future(station.online.wait())
+    done, _ = await asyncio.wait([online, task], timeout=15, return_when="FIRST_COMPLETED")
+    if task in done:
+        task.result()
+    assert station.online.is_set(), "station did not come online"
+    try:
+        yield station
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+@contextmanager
+def boards(*configs: BoardConfig) -> Iterator[list[BoardServer]]:
+    servers = [BoardServer(SimulatedBoard(config)).start() for config in configs]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def nvs_region(server: BoardServer) -> bytes:
+    return bytes(server.board.flash[NVS_OFFSET : NVS_OFFSET + NVS_SIZE])
+
+
+@dataclass
+class Received:
+    topic: str
+    event: dict[str, Any]
+    correlation: bytes | None
+
+
+@dataclass
+class Commander:
+    """An operator's MQTT v5 client: sends flash commands and collects every job event."""
+
+    client: aiomqtt.Client
+    received: list[Received] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def send(
+        self,
+        command: dict[str, Any] | bytes,
+        *,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+        retain: bool = False,
+    ) -> None:
+        props = v5_properties(response_topic, correlation)
+        body = command if isinstance(command, bytes) else json.dumps(command).encode()
+        await self.client.publish(REQUEST_TOPIC, body, qos=1, retain=retain, properties=props)
+
+    async def cancel(self, request_id: str) -> None:
+        await self.client.publish(CANCEL_TOPIC, json.dumps({"request_id": request_id}), qos=1)
+
+    def events(self, request_id: str) -> list[dict[str, Any]]:
+        return [r.event for r in self.received if r.event.get("request_id") == request_id]
+
+    def finals(self) -> list[dict[str, Any]]:
+        return [r.event for r in self.received if r.event["status"] in ("ok", "error")]
+
+    async def wait(self, predicate: Any, timeout: float = 15.0) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
+
+    async def final(self, request_id: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """The job's events once its final one arrived."""
+
+        def done() -> bool:
+            return any(e["status"] in ("ok", "error") for e in self.events(request_id))
+
+        await self.wait(done, timeout)
+        return self.events(request_id)
+
+    async def phase(self, request_id: str, phase: str) -> None:
+        await self.wait(lambda: any(e["phase"] == phase for e in self.events(request_id)))
+
+    async def run(self, command: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+        await self.send(command, **kwargs)
+        return await self.final(command["request_id"])
+
+
+@asynccontextmanager
+async def commander(url: str, *extra_filters: str) -> AsyncIterator[Commander]:
+    async with client_for(url) as client:
+        operator = Commander(client)
+        for topic_filter in (RESPONSE_TOPIC, STATUS_TOPIC, *extra_filters):
+            await client.subscribe(topic_filter, qos=1)
+
+        async def pump() -> None:
+            async for message in client.messages:
+                payload = bytes(message.payload)
+                if not payload:
+                    continue
+                document = json.loads(payload)
+                async with operator.changed:
+                    if str(message.topic) == STATUS_TOPIC:
+                        operator.statuses.append(document)
+                    else:
+                        correlation = getattr(message.properties, "CorrelationData", None)
+                        operator.received.append(
+                            Received(str(message.topic), document, correlation)
+                        )
+                    operator.changed.notify_all()
+
+        task = asyncio.create_task(pump(), name="commander")
+        try:
+            yield operator
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+def assert_stream(events: list[dict[str, Any]], *, ok: bool) -> None:
+    """The contract's rules for one job's event stream."""
+    for event in events:
+        FlashEvent.model_validate(event)
+    statuses = [event["status"] for event in events]
+    assert "accepted" == statuses[0]
+    assert (0, "connecting") == (events[0]["progress"], events[0]["phase"])
+    finals = [status for status in statuses if status in ("ok", "error")]
+    assert ["ok" if ok else "error"] == finals
+    assert statuses[-1] == finals[0]
+    assert set(statuses[1:-1]) <= {"in_progress"}
+    progress = [event["progress"] for event in events]
+    assert sorted(progress) == progress
+    assert all(value < 100 for value in progress[:-1])
+    order = [PHASES.index(event["phase"]) for event in events]
+    assert sorted(order) == order
+    final = events[-1]
+    if ok:
+        assert (100, "done") == (final["progress"], final["phase"])
+        assert "verifying" == events[-2]["phase"]  # ok only after the MD5 check
+    else:
+        assert "error" not in [e.get("status") for e in events[:-1]]
+        assert events[-2]["progress"] == final["progress"]  # progress <= last reported
+
+
+def coded(events: list[dict[str, Any]], code: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["status"] == "error" and e["error"]["code"] == code]
+
+
+def single_error(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A command refused before a job started: one error event and nothing else."""
+    assert 1 == len(events), events
+    event = events[0]
+    assert ("error", "connecting", 0) == (event["status"], event["phase"], event["progress"])
+    return event
+
+
+# -- the whole flow ------------------------------------------------------------------------
+
+
+def test_a_flash_command_writes_the_devices_credentials(bench: Bench) -> None:
+    async def scenario() -> None:
+        async with (
+            bench.agent(),
+            running_station(bench.station_settings(simulate=1)) as station,
+            commander(bench.broker.url) as operator,
+        ):
+            board = station.simulated[0]
+            url = board.url
+            events = await operator.run({"request_id": "job-42", "device_id": "kitchen-01"})
+            await operator.wait(lambda: not operator.statuses[-1]["ports"][0]["busy"])
+            image = nvs_region(board)
+            busy_flags = [status["ports"][0]["busy"] for status in operator.statuses]
+
+        assert_stream(events, ok=True)
+        ok = events[-1]
+        assert credentials("kitchen-01") == parse_nvs(image).strings("prov")
+        assert hashlib.md5(image).hexdigest() == ok["md5"]
+        assert {"type": "ESP32", "mac": "24:0a:c4:00:00:01"} == ok["chip"]
+        assert {"offset": NVS_OFFSET, "size": NVS_SIZE} == ok["partition"]
+        assert (url, "kitchen-01") == (ok["port"], ok["device_id"])  # the one candidate
+        assert [False, True, False] == busy_flags[-3:]
+        [line] = bench.log_lines()
+        assert {
+            "station_id": STATION,
+            "request_id": "job-42",
+            "device_id": "kitchen-01",
+            "port": url,
+            "chip": "ESP32",
+            "mac": "24:0a:c4:00:00:01",
+            "partition_offset": NVS_OFFSET,
+            "partition_size": NVS_SIZE,
+            "md5": ok["md5"],
+            "result": "ok",
+            "error_code": None,
+        }.items() <= line.items()
+
+    asyncio.run(scenario())
+
+
+def test_events_go_to_the_v5_response_topic_with_the_correlation_data(bench: Bench) -> None:
+    async def scenario() -> None:
+        async with (
+            bench.agent(),
+            running_station(bench.station_settings(simulate=1)),
+            commander(
+                bench.broker.url, f"{RESPONSE_TOPIC}/#", "replies/#", "iot/devices/#"
+            ) as operator,
+        ):
+            correlation = b"\x00corr\xff"
+            command = {"request_id": "job-7", "device_id": "kitchen-01"}
+            events = await operator.run(
+                command, response_topic=f"{RESPONSE_TOPIC}/ops/job-7", correlation=correlation
+            )
+            received = [r for r in operator.received if r.event["request_id"] == "job-7"]
+            refused = await operator.run(
+                {"request_id": "job-8", "device_id": "kitchen-01"},
+                response_topic="iot/devices/kitchen-01/config",
+            )
+            wildcard = await operator.run(
+                {"request_id": "job-9", "device_id": "kitchen-01"}, response_topic="replies/+"
+            )
+            elsewhere = await operator.run(
+                {"request_id": "job-10", "device_id": "kitchen-01"},
+                response_topic="replies/ops/job-10",
+            )
+            topics_of_refusals = {
+                r.topic
+                for r in operator.received
+                if r.event["request_id"] in ("job-8", "job-9", "job-10")
+            }
+
+        assert_stream(events, ok=True)
+        assert {(f"{RESPONSE_TOPIC}/ops/job-7", correlation)} == {
+            (r.topic, r.correlation) for r in received
+        }
+        assert "invalid_request" == single_error(refused)["error"]["code"]
+        assert "invalid_request" == single_error(wildcard)["error"]["code"]
+        assert "invalid_request" == single_error(elsewhere)["error"]["code"]
+        assert {RESPONSE_TOPIC} == topics_of_refusals
+
+    asyncio.run(scenario())
+
+
+def test_four_boards_flash_in_parallel_with_independent_progress(bench: Bench) -> None:
+    async def scenario() -> None:
+        async with (
+            bench.agent(),
+            running_station(bench.station_settings(simulate=4)) as station,
+            commander(bench.broker.url) as operator,
+        ):
+            jobs = {
+                f"par-{index}": (f"dev-{index + 1}", server)
+                for index, server in enumerate(station.simulated)
+            }
+            for request_id, (device, server) in jobs.items():
+                await operator.send(
+                    {"request_id": request_id, "device_id": device, "port": server.url}
+                )
+            streams = {request_id: await operator.final(request_id) for request_id in jobs}
+            images = {rid: nvs_region(server) for rid, (_, server) in jobs.items()}
+            urls = {rid: server.url for rid, (_, server) in jobs.items()}
+            order = [(r.event["request_id"], r.event["status"]) for r in operator.received]
+
+        for request_id, (device, _) in jobs.items():
+            assert_stream(streams[request_id], ok=True)
+            assert credentials(device) == parse_nvs(images[request_id]).strings("prov")
+            assert urls[request_id] == streams[request_id][-1]["port"]
+        first_ok = next(i for i, (_, status) in enumerate(order) if status == "ok")
+        accepted_before = {rid for rid, status in order[:first_ok] if status == "accepted"}
+        assert set(jobs) == accepted_before  # all four were running at once
+        assert 4 == len(bench.log_lines())
+
+    asyncio.run(scenario())
+
+
+# -- refusals: one error event, no job -------------------------------------------------------
+
+
+@pytest.mark.allow_contract_violations  # the malformed commands themselves
+def test_malformed_commands_are_refused_and_never_stop_the_station(bench: Bench) -> None:
+    bad: list[tuple[bytes, str | None]] = [
+        (b"not json", None),
+        (b"[1, 2]", None),
+        (json.dumps({"request_id": "m-1"}).encode(), "m-1"),
+        (json.dumps({"request_id": "m-2", "device_id": "Kitchen 01"}).encode(), "m-2"),
+        (json.dumps({"request_id": "m-3", "device_id": "kitchen-01", "x": 1}).encode(), "m-3"),
+        (
+            json.dumps({"request_id": "m-4", "device_id": "kitchen-01", "baud": "fast"}).encode(),
+            "m-4",
+        ),
+        (
+            json.dumps(
+                {"request_id": "m-5", "device_id": "kitchen-01", "after": "reboot"}
+            ).encode(),
+            "m-5",
+        ),
+        (
+            json.dumps(
+                {"request_id": "m-6", "device_id": "kitchen-01", "expected_mac": "nope"}
+            ).encode(),
+            "m-6",
+        ),
+        (json.dumps({"request_id": "x" * 65, "device_id": "kitchen-01"}).encode(), None),
+        (b"\xff\xfe", None),
+        (b"{" * 5000, None),
+    ]
+
+    async def scenario() -> None:
+        async with (
+            bench.agent(),
+            running_station(bench.station_settings(simulate=1)) as station,
+            commander(bench.broker.url) as operator,
+        ):
+            before = nvs_region(station.simulated[0])
+            for payload, _ in bad:
+                await operator.send(payload)
+            await operator.wait(lambda: len(operator.finals()) == len(bad))
+            refusals = list(operator.received)
+            still_untouched = nvs_region(station.simulated[0])
+            events = await operator.run({"request_id": "good", "device_id": "kitchen-01"})
+
+        assert len(bad) == len(refusals)
+        for (_, request_id), received in zip(bad, refusals, strict=True):
+            event = single_error([received.event])
+            assert "invalid_request" == event["error"]["code"]
+            if request_id is not None:
+                assert request_id == event["request_id"]
+            else:
+                assert event["request_id"].startswith("station-")  # made up
+        assert before == still_untouched
+        assert_stream(events, ok=True)
+        assert ["good"] == [line["request_id"] for line in bench.log_lines()]
+
+    asyncio.run(scenario())
+
+
+def test_port_selection_errors(bench: Bench) -> None:
+    async def scenario() -> None:
+        async with (
+            running_station(bench.station_settings(simulate=2)) as station,
+            commander(bench.broker.url) as operator,
+        ):
+            urls = [server.url for server in station.simulated]
+            several = await operator.run({"request_id": "p-1", "device_id": "kitchen-01"})
+            missing = await operator.run(
+                {"request_id": "p-2", "device_id": "kitchen-01", "port": "/dev/ttyUSB97"}
+            )
+        async with (
+            running_station(bench.station_settings(station_id="bench-2")),
+            client_for(bench.broker.url) as client,
+        ):
+            await client.subscribe(TOPICS.flash_response("bench-2"), qos=1)
+            await client.publish(
+                TOPICS.flash_request("bench-2"),
+                json.dumps({"request_id": "p-3", "device_id": "kitchen-01"}),
+                qos=1,
+            )
+            async for message in client.messages:
+                none_attached = json.loads(bytes(message.payload))
+                break
+
+        required = single_error(several)["error"]
+        assert "port_required" == required["code"]
+        assert all(url in required["message"] for url in urls)
+        not_found = single_error(missing)["error"]
+        assert "port_not_found" == not_found["code"]
+        assert "/dev/ttyUSB97" in not_found["message"]
+        assert ("p-3", "port_required") == (
+            none_attached["request_id"],
+            none_attached["error"]["code"],
+        )
+        assert [] == bench.log_lines()
+
+    asyncio.run(scenario())
+
+
+def test_port_busy_and_cancel_then_the_board_is_usable_again(bench: Bench) -> None:
+    """No agent at first: the first job waits for its image, holding the port."""
+
+    async def scenario() -> None:
+        async with (
+            running_station(bench.station_settings(simulate=1, provision_timeout_s=20)) as station,
+            commander(bench.broker.url) as operator,
+        ):
+            board = station.simulated[0]
+            await operator.send({"request_id": "hold", "device_id": "kitchen-01"})
+            await operator.phase("hold", "fetching_nvs")
+            await operator.wait(lambda: operator.statuses[-1]["ports"][0]["busy"])
+            busy = await operator.run({"request_id": "second", "device_id": "kitchen-01"})
+            await operator.send(
+                {"request_id": "hold", "device_id": "dev-1", "port": "socket://127.0.0.1:9"}
+            )
+            await operator.wait(lambda: coded(operator.events("hold"), "invalid_request"))
+            [duplicate] = coded(operator.events("hold"), "invalid_request")
+            await operator.cancel("no-such-job")  # logged only
+            started = time.monotonic()
+            await operator.cancel("hold")
+            await operator.wait(lambda: coded(operator.events("hold"), "aborted"))
+            held = [e for e in operator.events("hold") if e is not duplicate]
+            cancel_took = time.monotonic() - started
+            untouched = nvs_region(board)
+            async with bench.agent():
+                again = await operator.run({"request_id": "again", "device_id": "kitchen-01"})
+            image = nvs_region(board)
+            stray = operator.events("no-such-job")
+
+        assert "port_busy" == single_error(busy)["error"]["code"]
+        assert "hold" in busy[0]["error"]["message"]
+        assert "kitchen-01" == busy[0]["device_id"]
+        assert "invalid_request" == single_error([duplicate])["error"]["code"]  # id in use
+        assert "already running" in duplicate["error"]["message"]
+        assert_stream(held, ok=False)
+        assert ("aborted", "fetching_nvs") == (held[-1]["error"]["code"], held[-1]["phase"])
+        assert cancel_took < 2
+        assert b"\xff" * NVS_SIZE == untouched
+        assert_stream(again, ok=True)
+        assert credentials("kitchen-01") == parse_nvs(image).strings("prov")
+        assert [] == stray
+        assert [("hold", "error", "aborted"), ("again", "ok", None)] == [
+            (line["request_id"], line["result"], line["error_code"]) for line in bench.log_lines()
+        ]
+
+    asyncio.run(scenario())
+
+
+# -- job errors ------------------------------------------------------------------------------
+
+
+FAULTS: dict[str, tuple[Fault | None, str, str]] = {
+    # request_id: (board fault, code, phase it fails in)
+    "f-sync": (Fault.NO_ANSWER, "bootloader_not_entered", "connecting"),
+    "f-table": (Fault.CORRUPT_TABLE_MD5, "partition_table_unreadable", "reading_partition_table"),
+    "f-nvs": (Fault.NO_NVS_PARTITION, "nvs_partition_missing", "reading_partition_table"),
+    "f-subtype": (Fault.WRONG_NVS_SUBTYPE, "nvs_subtype_mismatch", "reading_partition_table"),
+    "f-stick": (Fault.WRITE_DOES_NOT_STICK, "verify_failed", "verifying"),
+    "f-drop": (Fault.DROP_MID_WRITE, "write_failed", "writing"),
+    "f-mac": (None, "mac_mismatch", "connecting"),
+    "f-unknown": (None, "provisioning_failed", "fetching_nvs"),
+}
+
+
+def test_every_board_fault_ends_in_its_error_code(bench: Bench) -> None:
+    configs = [
+        BoardConfig(mac=f"24:0a:c4:00:01:{index:02x}", faults=frozenset({f} if f else set()))
+        for index, (f, _, _) in enumerate(FAULTS.values())
+    ]
+
+    async def scenario() -> None:
+        with boards(*configs) as servers:
+            async with (
+                bench.agent(),
+                running_station(bench.station_settings(), connect_attempts=1),
+                commander(bench.broker.url) as operator,
+            ):
+                before = [bytes(server.board.flash) for server in servers]
+                for request_id, server in zip(FAULTS, servers, strict=True):
+                    command = {"request_id": request_id, "device_id": "kitchen-01"}
+                    command["port"] = server.url
+                    if request_id == "f-mac":
+                        command["expected_mac"] = "24:0A:C4:99:99:99"
+                    if request_id == "f-unknown":
+                        command["device_id"] = "ghost-99"
+                    await operator.send(command)
+                streams = {request_id: await operator.final(request_id) for request_id in FAULTS}
+                after = [bytes(server.board.flash) for server in servers]
+
+        for request_id, (_, code, phase) in FAULTS.items():
+            events = streams[request_id]
+            assert_stream(events, ok=False)
+            error = events[-1]["error"]
+            assert (request_id, code, phase) == (request_id, error["code"], events[-1]["phase"])
+        assert "hold the BOOT button" in streams["f-sync"][-1]["error"]["message"]
+        assert {"code": "unknown_device"} == {
+            "code": streams["f-unknown"][-1]["error"]["cause"]["code"]
+        }
+        assert streams["f-unknown"][-1]["error"]["cause"]["message"]
+        index = list(FAULTS)
+        for unwritten in ("f-mac", "f-unknown", "f-sync", "f-table", "f-nvs", "f-subtype"):
+            assert before[index.index(unwritten)] == after[index.index(unwritten)], unwritten
+        logged = {line["request_id"]: line for line in bench.log_lines()}
+        assert {rid: code for rid, (_, code, _) in FAULTS.items()} == {
+            rid: line["error_code"] for rid, line in logged.items()
+        }
+        assert {"error"} == {line["result"] for line in logged.values()}
+        assert "24:0a:c4:00:01:01" == logged["f-table"]["mac"]  # what was learnt on the way
+        assert "24:0a:c4:00:01:06" in streams["f-mac"][-1]["error"]["message"]
+
+    asyncio.run(scenario())
+
+
+def test_provisioning_timeout_without_an_agent(bench: Bench) -> None:
+    async def scenario() -> None:
+        async with (
+            running_station(bench.station_settings(simulate=1, provision_timeout_s=0.5)) as st,
+            commander(bench.broker.url) as operator,
+        ):
+            events = await operator.run({"request_id": "t-1", "device_id": "kitchen-01"})
+            untouched = nvs_region(st.simulated[0])
+
+        assert_stream(events, ok=False)
+        assert ("provisioning_timeout", "fetching_nvs") == (
+            events[-1]["error"]["code"],
+            events[-1]["phase"],
+        )
+        assert b"\xff" * NVS_SIZE == untouched
+
+    asyncio.run(scenario())
+
+
+# -- presence, retained commands, reconnects, the log -----------------------------------------
+
+
+def test_status_lists_the_ports_and_goes_offline_on_shutdown(bench: Bench) -> None:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        async with running_station(bench.station_settings(simulate=2)) as station:
+            urls = [server.url for server in station.simulated]
+            online = json.loads(
+                (await retained_snapshot(bench.broker.url, STATUS_TOPIC))[STATUS_TOPIC]
+            )
+        offline = json.loads(
+            (await retained_snapshot(bench.broker.url, STATUS_TOPIC))[STATUS_TOPIC]
+        )
+        return online, offline, urls
+
+    online, offline, urls = asyncio.run(scenario())
+
+    assert ("online", STATION) == (online["state"], online["station_id"])
+    assert online["version"]
+    assert [
+        {"port": url, "description": "simulated ESP32", "busy": False} for url in urls
+    ] == online["ports"]
+    assert {"state": "offline", "station_id": STATION} == offline
+
+
+def test_stopping_the_station_aborts_its_jobs_and_reports_them(bench: Bench) -> None:
+    async def scenario() -> None:
+        async with commander(bench.broker.url) as operator:
+            settings = bench.station_settings(simulate=1, provision_timeout_s=20)
+            async with running_station(settings):
+                await operator.send({"request_id": "cut", "device_id": "kitchen-01"})
+                await operator.phase("cut", "fetching_nvs")
+            events = await operator.final("cut")
+            await operator.wait(lambda: operator.statuses[-1]["state"] == "offline")
+
+        assert_stream(events, ok=False)
+        assert ("aborted", "fetching_nvs") == (events[-1]["error"]["code"], events[-1]["phase"])
+        assert ["aborted"] == [line["error_code"] for line in bench.log_lines()]
+
+    asyncio.run(scenario())
+
+
+def test_the_will_marks_a_killed_station_offline(bench: Bench, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_AGENT_")}
+    env |= {"PYTHONPATH": str(PROJECT), "BROKER_AGENT_LOG_FORMAT": "json"}
+    command = [
+        sys.executable, "-m", "broker_agent.cli", "station", "--broker-url", bench.broker.url,
+        "--station-id", STATION, "--simulate", "1", "--manufacturing-log", str(bench.log_path),
+    ]  # fmt: skip
+    log = (tmp_path / "station.log").open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with client_for(bench.broker.url) as client:
+            await client.subscribe(STATUS_TOPIC, qos=1)
+            states: list[dict[str, Any]] = []
+            async with asyncio.timeout(20):
+                async for message in client.messages:
+                    states.append(json.loads(bytes(message.payload)))
+                    if states[-1]["state"] == "online":
+                        process.send_signal(signal.SIGKILL)
+                    if states[-1]["state"] == "offline":
+                        break
+            return states[-2], states[-1]
+
+    try:
+        online, offline = asyncio.run(scenario())
+    finally:
+        process.kill()
+        process.wait(10)
+        log.close()
+
+    assert 1 == len(online["ports"]) and online["ports"][0]["port"].startswith("socket://")
+    assert {"state": "offline", "station_id": STATION} == offline
+
+
+def test_a_retained_command_is_refused_cleared_and_never_run(bench: Bench) -> None:
+    async def scenario() -> None:
+        async with (
+            running_station(bench.station_settings(simulate=1)) as station,
+            commander(bench.broker.url) as operator,
+        ):
+            await operator.send({"request_id": "r-1", "device_id": "kitchen-01"}, retain=True)
+            await operator.wait(lambda: len(operator.finals()) == 1)
+            refused = list(operator.received)
+            retained = await retained_snapshot(bench.broker.url, REQUEST_TOPIC)
+            untouched = nvs_region(station.simulated[0])
+
+        assert "invalid_request" == single_error([r.event for r in refused])["error"]["code"]
+        assert "retained" in refused[0].event["error"]["message"]
+        assert {} == retained
+        assert b"\xff" * NVS_SIZE == untouched
+
+    asyncio.run(scenario())
+
+
+def test_the_station_reconnects_after_a_broker_restart(bench: Bench) -> None:
+    async def scenario() -> None:
+        async with bench.agent(), running_station(bench.station_settings(simulate=1)) as station:
+            await asyncio.to_thread(bench.broker.stop)
+
+            async def offline() -> bool:
+                return not station.online.is_set()
+
+            await eventually(offline)
+            await asyncio.to_thread(bench.broker.start)
+            await asyncio.wait_for(station.online.wait(), 15)
+            async with commander(bench.broker.url) as operator:
+                events = await operator.run({"request_id": "after", "device_id": "kitchen-01"})
+        assert_stream(events, ok=True)
+
+    asyncio.run(scenario())
+
+
+def test_the_manufacturing_log_survives_restarts_and_holds_no_secrets(bench: Bench) -> None:
+    async def one_job(request_id: str, device_id: str) -> None:
+        async with (
+            running_station(bench.station_settings(simulate=1)),
+            commander(bench.broker.url) as operator,
+        ):
+            await operator.run({"request_id": request_id, "device_id": device_id})
+
+    async def scenario() -> None:
+        async with bench.agent():
+            await one_job("first", "kitchen-01")
+            await one_job("second", "ghost-99")
+
+    asyncio.run(scenario())
+
+    text = bench.log_path.read_text()
+    lines = bench.log_lines()
+    assert [("first", "ok", None), ("second", "error", "provisioning_failed")] == [
+        (line["request_id"], line["result"], line["error_code"]) for line in lines
+    ]
+    for secret in ("SECRET-kitchen-01", "iotdevice-kitchen-01", "auth.example.invalid"):
+        assert secret not in text
+    assert lines[0]["ts"].endswith("Z")
+
+
+# -- the pure parts ---------------------------------------------------------------------------
+
+
+def port_entry(device: str, vid: int | None, pid: int | None, **extra: Any) -> SimpleNamespace:
+    values = {"description": "n/a", "serial_number": None, **extra}
+    return SimpleNamespace(device=device, vid=vid, pid=pid, **values)
+
+
+def test_candidate_ports_are_known_bridges_and_espressif_usb() -> None:
+    scan = scan_entries(
+        [
+            port_entry("/dev/ttyUSB1", 0x1A86, 0x7523, description="USB Serial"),
+            port_entry("/dev/ttyUSB0", 0x10C4, 0xEA60, description="CP2102", serial_number="0001"),
+            port_entry("/dev/ttyACM0", 0x303A, 0x1001, description="USB JTAG/serial debug unit"),
+            port_entry("/dev/ttyACM1", 0x2341, 0x0043, description="Arduino Uno"),
+            port_entry("/dev/ttyS0", None, None),
+        ]
+    )
+
+    assert ["/dev/ttyACM0", "/dev/ttyUSB0", "/dev/ttyUSB1"] == [p.port for p in scan.candidates]
+    assert ("CP2102", "0001", 0x10C4, 0xEA60, False) == (
+        scan.candidates[1].description,
+        scan.candidates[1].serial_number,
+        scan.candidates[1].vid,
+        scan.candidates[1].pid,
+        scan.candidates[1].busy,
+    )
+    assert scan.is_attached("/dev/ttyACM1") and scan.is_attached("/dev/ttyS0")
+    assert not scan.is_attached("/dev/ttyUSB9")
+    assert is_candidate(0x0403, 0x6015) and not is_candidate(0x0403, 0x1234)
+
+
+def test_byte_progress_is_throttled_but_phase_changes_never_are() -> None:
+    now = [0.0]
+    published: list[FlashEvent] = []
+    stream = JobEventStream(
+        JobRequest("j", "kitchen-01", "socket://x:1"), published.append, clock=lambda: now[0]
+    )
+    stream.accepted()
+    reports = [
+        (0.00, FlashPhase.CONNECTING, 0),  # same as accepted: dropped
+        (0.01, FlashPhase.CONNECTING, 3),  # too soon: dropped
+        (0.02, FlashPhase.READING_PARTITION_TABLE, 10),  # phase change: sent
+        (0.03, FlashPhase.READING_PARTITION_TABLE, 15),  # too soon: dropped
+        (0.20, FlashPhase.READING_PARTITION_TABLE, 19),  # due: sent
+        (0.21, FlashPhase.WRITING, 30),  # phase change: sent
+        (0.22, FlashPhase.WRITING, 12),  # never goes back
+    ]
+    for at, phase, progress in reports:
+        now[0] = at
+        stream.on_progress(FlashProgress(phase, progress))
+
+    assert [
+        ("connecting", 0),
+        ("reading_partition_table", 10),
+        ("reading_partition_table", 19),
+        ("writing", 30),
+    ] == [(event.phase.value, event.progress) for event in published]
