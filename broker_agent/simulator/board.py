@@ -1,4 +1,4 @@
-"""The simulated ESP32 itself: 4 MB of SPI flash, eFuse words, and the faults it can show.
+"""The simulated ESP32 itself: SPI flash (1 to 16 MB), eFuse words, and the faults it can show.
 
 A ``SimulatedBoard`` outlives connections: what one esptool session writes, the next one
 reads back. The per-connection protocol state lives in ``session.py``.
@@ -12,18 +12,19 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum
 
+from broker_agent.simulator.tables import Md5Row, table_image, without_nvs
 from firmware_contracts.partition_table import (
     DATA_SUBTYPE_NVS,
     NVS_PARTITION_NAME,
     PARTITION_TABLE_OFFSET,
     PartitionEntry,
-    build_partition_table,
     default_partition_table,
 )
 
-FLASH_SIZE = 4 * 1024 * 1024
+MB = 1024 * 1024
+FLASH_SIZES = (1 * MB, 2 * MB, 4 * MB, 8 * MB, 16 * MB)
+FLASH_SIZE = 4 * MB  # the default
 SECTOR_SIZE = 0x1000
-FLASH_JEDEC_ID = 0x1640EF  # Winbond, 4 MB (RDID bytes EF 40 16)
 SFDP_SIGNATURE = 0x50444653  # "SFDP", little-endian
 
 CHIP_MAGIC_REG = 0x40001000
@@ -50,6 +51,18 @@ class Fault(Enum):
     DROP_MID_WRITE = "drop_mid_write"  # the connection closes during FLASH_DEFL_DATA
 
 
+def jedec_id(flash_size: int) -> int:
+    """RDID answer of a Winbond W25Q chip: EF 40 then log2 of the size (``0x16`` = 4 MB)."""
+    return (flash_size.bit_length() - 1) << 16 | 0x40EF
+
+
+FLASH_JEDEC_ID = jedec_id(FLASH_SIZE)  # 0x1640EF
+
+_TABLE_FAULTS = frozenset(
+    {Fault.NO_NVS_PARTITION, Fault.WRONG_NVS_SUBTYPE, Fault.CORRUPT_TABLE_MD5}
+)
+
+
 def parse_mac(mac: str) -> bytes:
     """``'24:0a:c4:12:34:56'`` -> 6 bytes."""
     if not _MAC_RE.match(mac):
@@ -59,23 +72,60 @@ def parse_mac(mac: str) -> bytes:
 
 @dataclass(frozen=True)
 class BoardConfig:
-    """What a simulated board looks like. ``partitions=None`` means the default layout."""
+    """What a simulated board looks like.
+
+    What sits at ``0x8000`` comes from at most one of: ``partitions`` (entries built into a
+    table with its MD5 row; ``None`` or empty means the default layout; ``tables.py`` has
+    the variants), ``table_image`` (raw bytes, written as given) or ``erased=True`` (nothing:
+    all of flash is ``0xFF``, as modules come from the factory). ``flash_size`` is one of
+    ``FLASH_SIZES``: the chip's JEDEC ID reports it and accesses past it fail.
+    """
 
     mac: str = "24:0a:c4:12:34:56"
     partitions: list[PartitionEntry] | None = None
     faults: frozenset[Fault] = field(default_factory=frozenset)
     baud_throttle: int | None = None
+    flash_size: int = FLASH_SIZE
+    erased: bool = False
+    table_image: bytes | None = None
 
     def __post_init__(self) -> None:
         parse_mac(self.mac)
         if self.baud_throttle is not None and self.baud_throttle <= 0:
             raise ValueError("baud_throttle must be a positive baud rate or None")
+        if self.flash_size not in FLASH_SIZES:
+            sizes = ", ".join(f"{size // MB} MB" for size in FLASH_SIZES)
+            raise ValueError(f"flash_size must be one of {sizes}, got {self.flash_size:#x}")
+        given = [
+            name
+            for name, value in (
+                ("partitions", self.partitions is not None),
+                ("table_image", self.table_image is not None),
+                ("erased", self.erased),
+            )
+            if value
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of partitions, table_image, erased: {given}")
+        table_faults = self.faults & _TABLE_FAULTS
+        if table_faults and (self.erased or self.table_image is not None):
+            names = sorted(fault.value for fault in table_faults)
+            raise ValueError(f"{names} change a built table: not with erased or table_image")
+        if self.table_image is not None and (
+            PARTITION_TABLE_OFFSET + len(self.table_image) > self.flash_size
+        ):
+            raise ValueError("table_image does not fit in flash")
 
 
 def _table_for(config: BoardConfig) -> bytes:
+    """The bytes at ``0x8000`` (empty for an erased board)."""
+    if config.erased:
+        return b""
+    if config.table_image is not None:
+        return config.table_image
     entries = list(config.partitions or default_partition_table())
     if Fault.NO_NVS_PARTITION in config.faults:
-        entries = [entry for entry in entries if entry.name != NVS_PARTITION_NAME]
+        entries = without_nvs(entries)
     if Fault.WRONG_NVS_SUBTYPE in config.faults:
         entries = [
             PartitionEntry(e.name, e.type, WRONG_NVS_SUBTYPE, e.offset, e.size, e.flags)
@@ -83,24 +133,24 @@ def _table_for(config: BoardConfig) -> bytes:
             else e
             for e in entries
         ]
-    table = bytearray(build_partition_table(entries, with_md5=True))
-    if Fault.CORRUPT_TABLE_MD5 in config.faults:
-        md5_at = len(entries) * 32 + 16
-        table[md5_at] ^= 0xFF
-    return bytes(table)
+    corrupt = Fault.CORRUPT_TABLE_MD5 in config.faults
+    return table_image(entries, md5=Md5Row.CORRUPT if corrupt else Md5Row.VALID)
 
 
 class SimulatedBoard:
-    """An ESP32 with 4 MB of flash holding a partition table at ``0x8000``.
+    """An ESP32 with ``config.flash_size`` bytes of flash, a partition table at ``0x8000``.
 
-    ``flash`` is the board's flash, readable (and writable) by tests. Sessions serialise
-    their flash access on ``lock``.
+    ``flash`` is the board's flash, readable (and writable) by tests; it never grows.
+    Sessions serialise their flash access on ``lock``. Reads, writes, erases and MD5s that
+    reach past the end of flash fail (``None`` / ``False``), as the ROM and stub refuse them.
     """
 
     def __init__(self, config: BoardConfig | None = None) -> None:
         self.config = config or BoardConfig()
         self.mac = parse_mac(self.config.mac)
-        self.flash = bytearray(b"\xff" * FLASH_SIZE)
+        self.flash_size = self.config.flash_size
+        self.jedec_id = jedec_id(self.flash_size)
+        self.flash = bytearray(b"\xff" * self.flash_size)
         self.lock = threading.RLock()
         self.connections = 0
         table = _table_for(self.config)
@@ -142,7 +192,7 @@ class SimulatedBoard:
     # -- flash -------------------------------------------------------------------------
 
     def _check_range(self, offset: int, length: int) -> bool:
-        return offset >= 0 and length >= 0 and offset + length <= FLASH_SIZE
+        return offset >= 0 and length >= 0 and offset + length <= self.flash_size
 
     def read(self, offset: int, length: int) -> bytes | None:
         if not self._check_range(offset, length):

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from broker_agent.simulator.board import (
-    FLASH_JEDEC_ID,
-    FLASH_SIZE,
     SECTOR_SIZE,
     SFDP_SIGNATURE,
     Fault,
@@ -64,7 +62,8 @@ class Link(Protocol):
 class SpiController:
     """Just enough of the SPI1 peripheral for esptool's ``run_spiflash_command``."""
 
-    def __init__(self) -> None:
+    def __init__(self, jedec_id: int) -> None:
+        self.jedec_id = jedec_id
         self.registers: dict[int, int] = {}
 
     @staticmethod
@@ -86,7 +85,7 @@ class SpiController:
         address = self.registers.get(SPI_ADDR, 0) >> 8  # 24-bit address, MSB-aligned
         result = 0
         if command == 0x9F:  # RDID
-            result = FLASH_JEDEC_ID
+            result = self.jedec_id
         elif command == 0x5A and address == 0:  # RDSFDP header
             result = SFDP_SIGNATURE
         self.registers[SPI_W0] = result
@@ -116,7 +115,7 @@ class BootloaderSession:
         self.link = link
         self.stub = False
         self.silent = False  # the "app" runs: nothing answers any more
-        self.spi = SpiController()
+        self.spi = SpiController(board.jedec_id)
         self.write: _FlashWrite | None = None
         self._handlers: dict[int, Handler] = {
             Op.SYNC: self._sync,
@@ -259,7 +258,7 @@ class BootloaderSession:
 
     def _flash_begin(self, request: Request) -> None:
         size, _blocks, block_size, offset = request.words(4)
-        if offset + size > FLASH_SIZE or block_size == 0:
+        if offset + size > self.board.flash_size or block_size == 0:
             self._reply(request.op, error=RomError.FAILED_TO_ACT)
             return
         write = _FlashWrite(offset, size, block_size, request.op == Op.FLASH_DEFL_BEGIN)
@@ -322,7 +321,7 @@ class BootloaderSession:
                 self.silent = True  # the ROM leaves download mode and runs the app
 
     def _erase_flash(self, request: Request) -> None:
-        self._erase(0, FLASH_SIZE)
+        self._erase(0, self.board.flash_size)
         self._reply(request.op)
 
     def _erase_region(self, request: Request) -> None:
