@@ -4,6 +4,10 @@
     ├── SetupError            stop with a one-line message (bad settings, mosquitto missing)
     ├── BrokerUnavailableError back off and reconnect
     ├── ConfigFileError       reject one config file (event ``config_rejected``), keep running
+    ├── RefusedFile           skip one operator file (``files.read_regular_file``), keep running
+    │   ├── UnreadableFile    not a regular file inside its directory: FIFO, socket, device,
+    │   │                     directory, dangling symlink, symlink to outside, no permission
+    │   └── FileTooLarge      over the reader's byte limit
     ├── ProvisionFailure      answer one provisioning request with an error code
     └── FlashJobError         end one flash job with an ``error`` event
 
@@ -42,6 +46,26 @@ class ConfigFileError(BrokerAgentError):
         self.message = message
 
 
+class RefusedFile(BrokerAgentError):
+    """An operator's file that is not read; ``reason`` is a short phrase ("is a FIFO")."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class UnreadableFile(RefusedFile):
+    """Not a regular file we may read (see ``broker_agent.files.read_regular_file``)."""
+
+
+class FileTooLarge(RefusedFile):
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        super().__init__(path, f"is {size} bytes, over the limit of {limit}")
+        self.size = size
+        self.limit = limit
+
+
 class ProvisionFailure(BrokerAgentError):
     def __init__(self, code: ProvisionErrorCode, message: str) -> None:
         super().__init__(message)
@@ -54,14 +78,19 @@ class FlashJobError(BrokerAgentError):
         self,
         code: FlashErrorCode,
         message: str,
-        phase: FlashPhase,
+        phase: FlashPhase = FlashPhase.CONNECTING,
         cause: dict[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.phase = phase
         self.cause = cause
+        self.request_id = request_id  # a refused command's, when it had a valid one
+        self.device_id: str | None = None  # set once the command is known to be valid
+        self.port: str | None = None
 
     def __repr__(self) -> str:
         return f"FlashJobError({self.code.value!r}, {self.message!r}, phase={self.phase.value!r})"
