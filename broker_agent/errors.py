@@ -9,7 +9,11 @@
     │   │                     directory, dangling symlink, symlink to outside, no permission
     │   └── FileTooLarge      over the reader's byte limit
     ├── ProvisionFailure      answer one provisioning request with an error code
-    └── FlashJobError         end one flash job with an ``error`` event
+    │   └── ProvisionTimeout  the requester's side: no agent answered in time
+    └── FlashJobError         refuse a flash command or end a flash job with an ``error`` event
+
+One refusal type per capability: each carries the contract's code and a message, plus what
+its answer needs (the file, the request_id, the job's device and port).
 
 Third-party exceptions (aiomqtt, esptool, serial, OS errors) are translated into these once,
 at the edge that calls the library. Messages never carry secret values.
@@ -40,10 +44,21 @@ class BrokerUnavailableError(BrokerAgentError):
 
 
 class ConfigFileError(BrokerAgentError):
-    def __init__(self, code: ConfigErrorCode, message: str) -> None:
+    """One config file refused; ``file``/``device_id`` are set once the file is known."""
+
+    def __init__(
+        self,
+        code: ConfigErrorCode,
+        message: str,
+        *,
+        file: str | None = None,
+        device_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.file = file
+        self.device_id = device_id
 
 
 class RefusedFile(BrokerAgentError):
@@ -67,10 +82,25 @@ class FileTooLarge(RefusedFile):
 
 
 class ProvisionFailure(BrokerAgentError):
-    def __init__(self, code: ProvisionErrorCode, message: str) -> None:
+    """One provisioning request refused; ``request_id`` is the one to answer with, if known."""
+
+    def __init__(
+        self, code: ProvisionErrorCode, message: str, *, request_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.request_id = request_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
+
+
+class ProvisionTimeout(ProvisionFailure):
+    """No agent answered in time (``internal_error`` on the wire; the CLI prints a timeout)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ProvisionErrorCode.INTERNAL_ERROR, message)
 
 
 class FlashJobError(BrokerAgentError):
