@@ -3,6 +3,9 @@
 One board, one line: a new connection takes the line over from the previous one (as a
 re-opened serial port would), and each connection starts in the ROM loader. The server is a
 plain thread so blocking esptool code and both sync and async tests can use it.
+
+``stop()`` closes everything at once; ``unplug()`` hangs the open connection up the way a
+pulled cable would look to a host that keeps using its port (see ``SocketLink.hang_up``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from broker_agent.simulator.session import BootloaderSession, LinkClosed
 ROM_BAUD = 115200
 BITS_PER_BYTE = 10  # start bit, 8 data bits, stop bit
 _JOIN_TIMEOUT = 5.0
+HANG_UP_GRACE = 10.0  # seconds a hung-up line waits for the host to close its end
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +54,13 @@ class SocketLink:
         self._tx_clock = _LineClock()
         self._close_lock = threading.Lock()
         self._closed = False
+        self.hung_up = False
+        self._grace: threading.Timer | None = None
 
     def read_frame(self) -> bytes:
-        while not self._pending:
+        while not self._pending or self.hung_up:
+            if self.hung_up:
+                raise LinkClosed("the board was unplugged")
             try:
                 chunk = self._sock.recv(65536)
             except OSError as exc:
@@ -76,11 +84,37 @@ class SocketLink:
     def set_baud(self, baud: int) -> None:
         self.baud = baud
 
+    def hang_up(self) -> None:
+        """End the line as an unplugged board: the host reads end-of-file, nothing answers.
+
+        Only our sending half closes now; ``drain()`` then discards what the host still
+        sends until it closes its end (or ``HANG_UP_GRACE`` passes). Closing at once would
+        answer the host's next write with a reset, after which pyserial's ``close()`` cannot
+        close its socket (a ``ResourceWarning`` in the host's tests).
+        """
+        with self._close_lock:
+            if self._closed or self.hung_up:
+                return
+            self.hung_up = True
+            self._grace = threading.Timer(HANG_UP_GRACE, self.close)
+            self._grace.daemon = True
+            self._grace.start()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def drain(self) -> None:
+        """Discard incoming bytes until the host closes its end or the line is closed."""
+        with contextlib.suppress(OSError):
+            while self._sock.recv(65536):
+                pass
+
     def close(self) -> None:
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+            if self._grace is not None:
+                self._grace.cancel()
         with contextlib.suppress(OSError):  # the host may have gone already
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
@@ -125,6 +159,14 @@ class BoardServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and close the open connection, if any."""
+        self._stop(hang_up=False)
+
+    def unplug(self) -> None:
+        """Stop listening and hang the open connection up (``SocketLink.hang_up``)."""
+        self._stop(hang_up=True)
+
+    def _stop(self, *, hang_up: bool) -> None:
         self._stopping.set()
         if self._accept_thread is not None:
             self._accept_thread.join(_JOIN_TIMEOUT)
@@ -132,7 +174,7 @@ class BoardServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        self._end_session()
+        self._end_session(hang_up=hang_up)
 
     def __enter__(self) -> BoardServer:
         return self.start()
@@ -170,11 +212,15 @@ class BoardServer:
             self.board.connections += 1
         thread.start()
 
-    def _end_session(self) -> None:
+    def _end_session(self, *, hang_up: bool = False) -> None:
         with self._lock:
             session, self._session = self._session, None
-        if session is not None:
-            link, thread = session
+        if session is None:
+            return
+        link, thread = session
+        if hang_up:
+            link.hang_up()  # the session thread drains and closes the line
+        else:
             link.close()
             thread.join(_JOIN_TIMEOUT)
 
@@ -184,4 +230,6 @@ class BoardServer:
         except Exception:  # keeps the board serving; a simulator bug shows in the log
             logger.exception("simulated board session failed")
         finally:
+            if link.hung_up:
+                link.drain()
             link.close()
