@@ -1,25 +1,28 @@
 """Reading one device config file into a publishable envelope, or a specific rejection.
 
-Pure and synchronous: the watcher and the publisher call these; nothing here talks to MQTT.
+Synchronous, no MQTT: the watcher and the publisher call these. What is read and what is
+refused with which code is written down in docs/input-rules.md; the rule behind it is that
+nothing in one file can stop the agent: ``load_config`` raises only FileNotFoundError (no such
+entry) or ConfigFileError.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
 
-from broker_agent.errors import ConfigFileError
+from broker_agent.errors import ConfigFileError, FileTooLarge, UnreadableFile
+from broker_agent.files import read_regular_file
 from firmware_contracts.codes import ConfigErrorCode
 from firmware_contracts.identifiers import is_identifier
+from firmware_contracts.json_rules import StrictJsonError, loads_strict
 from firmware_contracts.payloads import canonical_config, utc_timestamp
 
 SCHEMA_FILE = "_schema.json"
@@ -63,29 +66,55 @@ class FleetSchema:
 
     @classmethod
     def load(cls, path: Path, max_bytes: int) -> FleetSchema:
-        """Read the schema; a missing file means "no schema". Raises ConfigFileError."""
+        """Read the schema; a missing file means "no schema". Raises ConfigFileError only.
+
+        Besides ``check_schema`` (which also compiles every ``pattern``), the new validator is
+        tried once on ``{}``: some faults only show when validating (an unresolvable ``$ref``,
+        a ``$schema`` that is not a string), and such a schema is rejected here, keeping the
+        last good one, rather than rejecting every config later.
+        """
         try:
-            document, _ = _read_json(path, max_bytes)
+            document, _ = _read_json(path, max_bytes, None)
         except FileNotFoundError:
             return cls(None)
         if not isinstance(document, dict):
             raise ConfigFileError(
                 ConfigErrorCode.NOT_AN_OBJECT, "the fleet schema must be a JSON object"
             )
-        validator_class = jsonschema.validators.validator_for(document)
         try:
+            validator_class = jsonschema.validators.validator_for(document)
             validator_class.check_schema(document)
+            validator = validator_class(document)
+            for _ in validator.iter_errors({}):
+                pass
         except SchemaError as exc:
             raise ConfigFileError(
                 ConfigErrorCode.SCHEMA_VIOLATION,
                 f"the fleet schema is not a valid JSON Schema at {exc.json_path}: {exc.message}",
-            ) from exc
-        return cls(validator_class(document))
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - jsonschema raises many types; one file, one event
+            raise ConfigFileError(
+                ConfigErrorCode.SCHEMA_VIOLATION,
+                f"the fleet schema cannot be used: {_describe(exc)}",
+            ) from None
+        return cls(validator)
 
     def check(self, config: dict[str, Any]) -> None:
+        """Raise ConfigFileError (``schema_violation``) unless ``config`` validates.
+
+        A schema that passed ``load`` can still fail on some configs only (a ``$ref`` reached
+        only through a property, a recursion limit): that is reported for the config, never
+        raised past the publisher.
+        """
         if self.validator is None:
             return
-        errors = sorted(self.validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+        try:
+            errors = sorted(self.validator.iter_errors(config), key=_path_order)
+        except Exception as exc:  # noqa: BLE001 - see the docstring: one config, one event
+            raise ConfigFileError(
+                ConfigErrorCode.SCHEMA_VIOLATION,
+                f"the fleet schema could not be applied: {_describe(exc)}",
+            ) from None
         if not errors:
             return
         shown = "; ".join(
@@ -99,51 +128,53 @@ class FleetSchema:
         raise ConfigFileError(ConfigErrorCode.SCHEMA_VIOLATION, shown + more)
 
 
-def _read_json(path: Path, max_bytes: int) -> tuple[Any, float]:
-    """The parsed document and the file's mtime. Raises FileNotFoundError or ConfigFileError."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ConfigFileError(ConfigErrorCode.UNREADABLE, exc.strerror or str(exc)) from exc
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ConfigFileError(ConfigErrorCode.UNREADABLE, "is a directory")
-        if info.st_size > max_bytes:
-            raise ConfigFileError(
-                ConfigErrorCode.TOO_LARGE, f"{info.st_size} bytes is over the limit of {max_bytes}"
-            )
-        # read exactly what fstat promised (+1 to notice growth): a max_bytes buffer per file
-        # would cost more than the parsing
-        raw = os.read(fd, info.st_size + 1)
-        while len(raw) <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - len(raw))):
-            raw += chunk
-    except OSError as exc:
-        raise ConfigFileError(ConfigErrorCode.UNREADABLE, exc.strerror or str(exc)) from exc
-    finally:
-        os.close(fd)
-    if len(raw) > max_bytes:  # grew while we read it
-        raise ConfigFileError(ConfigErrorCode.TOO_LARGE, f"over the limit of {max_bytes} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigFileError(
-            ConfigErrorCode.INVALID_JSON, f"not UTF-8: invalid byte at offset {exc.start}"
-        ) from exc
-    try:
-        return json.loads(text), info.st_mtime
-    except json.JSONDecodeError as exc:
-        raise ConfigFileError(
-            ConfigErrorCode.INVALID_JSON, f"line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from exc
-    except RecursionError as exc:
-        raise ConfigFileError(ConfigErrorCode.INVALID_JSON, "nested too deeply") from exc
+def _path_order(error: ValidationError) -> list[tuple[bool, Any]]:
+    # sorts by path without ever comparing an array index with a property name (a TypeError)
+    return [(isinstance(part, str), part) for part in error.absolute_path]
 
 
-def load_config(path: Path, schema: FleetSchema, max_bytes: int) -> DeviceConfig:
-    """Read and validate ``<device_id>.json``. Raises FileNotFoundError or ConfigFileError."""
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _read_json(path: Path, max_bytes: int, inside: Path | str | None) -> tuple[Any, float]:
+    """The parsed document and the file's mtime. Raises FileNotFoundError or ConfigFileError.
+
+    Only regular files are read (``read_regular_file``: a FIFO, socket, device node, directory,
+    dangling symlink or symlink to outside ``inside`` is ``unreadable``), and parsed under the
+    contract's JSON rules (6.5: ``NaN``, ``Infinity``, ``1e400``, over-long integers and lone
+    surrogates are ``invalid_json``).
+    """
+    try:
+        raw, info = read_regular_file(path, max_bytes, inside=inside)
+    except FileTooLarge as exc:
+        raise ConfigFileError(
+            ConfigErrorCode.TOO_LARGE, f"{exc.size} bytes is over the limit of {exc.limit}"
+        ) from None
+    except UnreadableFile as exc:
+        raise ConfigFileError(ConfigErrorCode.UNREADABLE, exc.reason) from None
+    try:
+        return loads_strict(raw), info.st_mtime
+    except StrictJsonError as exc:
+        raise ConfigFileError(ConfigErrorCode.INVALID_JSON, exc.message) from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # the parser's own bugs stay here
+        raise ConfigFileError(
+            ConfigErrorCode.INVALID_JSON, f"cannot be parsed ({type(exc).__name__})"
+        ) from None
+
+
+def load_config(
+    path: Path, schema: FleetSchema, max_bytes: int, *, inside: Path | str | None = None
+) -> DeviceConfig:
+    """Read and validate ``<device_id>.json``. Raises FileNotFoundError or ConfigFileError.
+
+    FileNotFoundError means "no directory entry" (the file was deleted). Anything else that
+    goes wrong with this one file, reading, parsing, validating or hashing it, is a
+    ConfigFileError, so nothing in a file can raise past the publisher (issue 9). ``inside``:
+    the config directory's real path, where a symlinked config may point (default: resolved
+    from ``path`` when a symlink is met).
+    """
     device_id = device_id_of(path.name)
     if not is_identifier(device_id):
         raise ConfigFileError(
@@ -151,16 +182,23 @@ def load_config(path: Path, schema: FleetSchema, max_bytes: int) -> DeviceConfig
             f"file name {path.name!r} is not <device_id>.json with a device_id of a-z, 0-9, "
             "'_', '-' (at most 64, starting with a letter or digit)",
         )
-    document, mtime = _read_json(path, max_bytes)
+    document, mtime = _read_json(path, max_bytes, inside)
     if not isinstance(document, dict):
         raise ConfigFileError(
             ConfigErrorCode.NOT_AN_OBJECT,
             f"top level is a JSON {_json_type(document)}, not an object",
         )
     schema.check(document)
-    canonical = canonical_config(document)
-    sha256 = hashlib.sha256(canonical).hexdigest()
-    updated_at = utc_timestamp(mtime)
+    try:
+        canonical = canonical_config(document)
+        sha256 = hashlib.sha256(canonical).hexdigest()
+        updated_at = utc_timestamp(mtime)
+    except RecursionError:
+        raise ConfigFileError(ConfigErrorCode.INVALID_JSON, "nested too deeply") from None
+    except (ValueError, TypeError, OverflowError, OSError) as exc:  # e.g. an mtime out of range
+        raise ConfigFileError(
+            ConfigErrorCode.INVALID_JSON, f"cannot be hashed ({type(exc).__name__}: {exc})"
+        ) from None
     return DeviceConfig(
         device_id,
         path.name,
