@@ -26,13 +26,19 @@ from pydantic_core import core_schema
 
 from firmware_contracts import nvs, partition_table
 from firmware_contracts.codes import (
+    CONTRACT_MINOR_VERSION,
+    CONTRACT_REVISION,
     CONTRACT_VERSION,
+    DEFAULT_PENDING_GRACE_S,
     AgentEventName,
     ConfigErrorCode,
+    ConfigWriteErrorCode,
+    DevicePresence,
     FlashAfter,
     FlashErrorCode,
     FlashPhase,
     FlashStatus,
+    FleetState,
     PresenceState,
     ProvisionErrorCode,
 )
@@ -46,10 +52,13 @@ from firmware_contracts.identifiers import (
     StationId,
 )
 from firmware_contracts.payloads import (
+    DEVICE_STATUS_WILL,
     MD5_PATTERN,
     SCHEMA_MODELS,
     SHA256_PATTERN,
     ConfigEnvelope,
+    ConfigSetError,
+    ConfigSetOk,
     ContractModel,
     ProvisionError,
     ProvisionOk,
@@ -74,9 +83,13 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TOPIC_SCHEMAS: dict[TopicKind, tuple[str, ...]] = {
     TopicKind.DEVICE_CONFIG: ("config_envelope",),
     TopicKind.DEVICE_CONFIG_APPLIED: ("config_applied",),
+    TopicKind.DEVICE_STATUS: ("device_status",),
+    TopicKind.CONFIG_SET: ("config_set_request",),
+    TopicKind.CONFIG_SET_RESPONSE: ("config_set_ok", "config_set_error"),
     TopicKind.AGENT_STATUS: ("agent_status",),
     TopicKind.AGENT_EVENTS: ("agent_event",),
     TopicKind.AGENT_SYNC: (),
+    TopicKind.AGENT_FLEET: ("fleet_summary",),
     TopicKind.PROVISION_REQUEST: ("provision_request",),
     TopicKind.PROVISION_RESPONSE: ("provision_ok", "provision_error"),
     TopicKind.STATION_STATUS: ("station_status",),
@@ -95,6 +108,9 @@ ENUM_MACROS: tuple[tuple[str, type[StrEnum], str], ...] = (
     ("IOT_FLASH_PHASE_", FlashPhase, "Flash job phases, in order"),
     ("IOT_STATE_", PresenceState, "Agent and station presence states"),
     ("IOT_FLASH_AFTER_", FlashAfter, "What a station does with the chip after a job"),
+    ("IOT_DEVICE_PRESENCE_", DevicePresence, "Device presence as operators compute it (v1.1)"),
+    ("IOT_FLEET_STATE_", FleetState, "A device's config state in the fleet (v1.1)"),
+    ("IOT_CONFIG_WRITE_ERROR_", ConfigWriteErrorCode, "config/set response error codes (v1.1)"),
 )
 """Each enum of ``codes`` as C string constants: ``prefix + MEMBER_NAME``."""
 
@@ -267,6 +283,8 @@ def _topic_lines() -> Iterator[str]:
         yield _define(f"{name}_BUF_SIZE", f"({name}_MAX_LEN + 1)")
         yield _define(f"{name}_QOS", spec.qos)
         yield _define(f"{name}_RETAIN", int(spec.retained))
+        if spec.below_allowed:
+            yield _comment("an MQTT v5 requester may name a Response Topic below this one")
         stems = TOPIC_SCHEMAS[spec.kind]
         if stems:
             yield _comment("payload: " + " or ".join(schema_path(stem) for stem in stems))
@@ -344,6 +362,18 @@ def _payload_lines() -> Iterator[str]:
     yield _define("IOT_SHA256_HEX_BUF_SIZE", _hex_length(SHA256_PATTERN) + 1)
     yield _define("IOT_MD5_HEX_LEN", _hex_length(MD5_PATTERN))
     yield _define("IOT_TIMESTAMP_LEN", len(utc_timestamp(0)), "2026-11-25T19:21:46Z")
+    yield _define(
+        "IOT_DEVICE_STATUS_WILL_PAYLOAD",
+        c_string(DEVICE_STATUS_WILL.to_json().decode()),
+        "the device's MQTT will: retained, QoS 1",
+    )
+    yield _define("IOT_CONFIG_SET_STATUS_OK", c_string(ConfigSetOk.model_fields["status"].default))
+    yield _define(
+        "IOT_CONFIG_SET_STATUS_ERROR", c_string(ConfigSetError.model_fields["status"].default)
+    )
+    yield _define(
+        "IOT_FLEET_PENDING_GRACE_S_DEFAULT", DEFAULT_PENDING_GRACE_S, "BROKER_AGENT_PENDING_GRACE_S"
+    )
     yield ""
     yield _comment("Field names of every payload (nested objects included).")
     for name in field_names():
@@ -354,7 +384,7 @@ def render_header() -> bytes:
     guard = "IOT_CONTRACT_H"
     lines = [
         _comment(GENERATED_NOTICE),
-        _comment(f"The wire contract v{CONTRACT_VERSION} for ESP-IDF firmware (C99 and C++)."),
+        _comment(f"The wire contract v{CONTRACT_REVISION} for ESP-IDF firmware (C99 and C++)."),
         _comment("Source: the firmware_contracts package; CI fails when this file is stale."),
         f"#ifndef {guard}",
         f"#define {guard}",
@@ -365,7 +395,8 @@ def render_header() -> bytes:
         'extern "C" {',
         "#endif",
         "",
-        _define("IOT_CONTRACT_VERSION", CONTRACT_VERSION),
+        _define("IOT_CONTRACT_VERSION", CONTRACT_VERSION, "major: schema ids, envelope v"),
+        _define("IOT_CONTRACT_VERSION_MINOR", CONTRACT_MINOR_VERSION, "1: v1.1 adds to v1"),
         *_identifier_lines(),
         *_topic_lines(),
         *_nvs_lines(),
@@ -408,8 +439,8 @@ def render_cmake() -> bytes:
 def render_component_manifest() -> bytes:
     return (
         f"# {GENERATED_NOTICE}\n"
-        f'version: "{CONTRACT_VERSION}.0.0"\n'
-        f'description: "Wire contract v{CONTRACT_VERSION} of the broker-agent fleet: topics, '
+        f'version: "{CONTRACT_REVISION}.0"\n'
+        f'description: "Wire contract v{CONTRACT_REVISION} of the broker-agent fleet: topics, '
         'NVS keys, codes (header only)"\n'
     ).encode("ascii")
 

@@ -10,6 +10,14 @@ from __future__ import annotations
 from enum import StrEnum
 
 CONTRACT_VERSION = 1
+"""The contract's major version: schema ids, the envelope's ``"v"``; v1.1 only adds to v1."""
+CONTRACT_MINOR_VERSION = 1
+"""v1.1 (CONTRACT.md section 6): device presence, retained acks, fleet state, config writes."""
+CONTRACT_REVISION = f"{CONTRACT_VERSION}.{CONTRACT_MINOR_VERSION}"
+
+DEFAULT_PENDING_GRACE_S = 300
+"""How long a config may wait for its ack before it counts as ``stale``/``never_applied``
+(``BROKER_AGENT_PENDING_GRACE_S``); see ``FleetState``."""
 
 
 class ConfigErrorCode(StrEnum):
@@ -31,6 +39,7 @@ class AgentEventName(StrEnum):
     CONFIG_REJECTED = "config_rejected"
     PRUNE_BLOCKED = "prune_blocked"
     PROVISIONED = "provisioned"
+    CONFIG_WRITTEN = "config_written"  # v1.1: a config/set request changed a config
 
 
 class ProvisionErrorCode(StrEnum):
@@ -40,6 +49,23 @@ class ProvisionErrorCode(StrEnum):
     INVALID_PARTITION_SIZE = "invalid_partition_size"
     UNKNOWN_DEVICE = "unknown_device"
     CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
+    INVALID_RESPONSE_TOPIC = "invalid_response_topic"
+    RETAINED_REQUEST_REJECTED = "retained_request_rejected"
+    INTERNAL_ERROR = "internal_error"
+    INVALID_CREDENTIALS = "invalid_credentials"  # v1.1 (6.6): secrets set another device_key
+
+
+class ConfigWriteErrorCode(StrEnum):
+    """Error codes of a ``config/set`` response (v1.1, contract 6.3)."""
+
+    INVALID_REQUEST = "invalid_request"
+    NOT_AN_OBJECT = "not_an_object"
+    TOO_LARGE = "too_large"
+    SCHEMA_VIOLATION = "schema_violation"
+    INVALID_JSON = "invalid_json"
+    CONFLICT = "conflict"
+    UNKNOWN_DEVICE = "unknown_device"
+    WRITES_DISABLED = "writes_disabled"
     INVALID_RESPONSE_TOPIC = "invalid_response_topic"
     RETAINED_REQUEST_REJECTED = "retained_request_rejected"
     INTERNAL_ERROR = "internal_error"
@@ -65,6 +91,8 @@ class FlashErrorCode(StrEnum):
     MAC_MISMATCH = "mac_mismatch"
     ABORTED = "aborted"
     INTERNAL_ERROR = "internal_error"
+    NVS_PARTITION_OUT_OF_RANGE = "nvs_partition_out_of_range"  # v1.1 (6.5): beyond the flash
+    NVS_ENCRYPTION_UNSUPPORTED = "nvs_encryption_unsupported"  # v1.1 (6.5): encrypted / nvs_keys
 
 
 class FlashStatus(StrEnum):
@@ -86,8 +114,34 @@ class FlashPhase(StrEnum):
 
 
 class PresenceState(StrEnum):
+    """The ``state`` a client publishes about itself: agent, station and (v1.1) device status."""
+
     ONLINE = "online"
     OFFLINE = "offline"
+
+
+class DevicePresence(StrEnum):
+    """A device's presence as operators compute it from its retained ``status`` (v1.1, 6.2).
+
+    ``unknown``: the broker retains no status for the device (e.g. v1 firmware).
+    """
+
+    ONLINE = "online"
+    OFFLINE = "offline"  # a retained offline status, or its will
+    UNKNOWN = "unknown"
+
+
+class FleetState(StrEnum):
+    """A device's config state, computed from the retained ``config``, ``config/applied`` and
+    ``status`` (v1.1, contract 6.2); "young" means younger than the pending grace period
+    (``DEFAULT_PENDING_GRACE_S``), measured from the envelope's ``updated_at``."""
+
+    IN_SYNC = "in_sync"  # the ack's sha256 is the config's and ok is true
+    FAILED = "failed"  # the ack's sha256 is the config's and ok is false
+    PENDING = "pending"  # no ack for this sha256 yet, config young
+    STALE = "stale"  # an ack for another sha256, config old
+    NEVER_APPLIED = "never_applied"  # no ack at all, config old
+    UNMANAGED = "unmanaged"  # an ack or a status retained for a device with no config
 
 
 class FlashAfter(StrEnum):

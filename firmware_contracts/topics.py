@@ -4,6 +4,10 @@ The table ``TOPICS`` is the single definition; the builders below and the genera
 both read it. A template's placeholders are ``{root}`` and identifiers (``{device_id}``,
 ``{agent_id}``, ``{station_id}``); identifiers are validated before they reach a topic, so a
 wildcard or a separator can never be smuggled into one.
+
+Response topics (``TopicSpec.below_allowed``) may also be answered below their template: an
+MQTT v5 requester can ask for ``.../response/<anything>`` and ``Topics.parse`` reports the
+rest as ``TopicMatch.suffix``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ _ROOT_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 class TopicKind(StrEnum):
     DEVICE_CONFIG = "device_config"
     DEVICE_CONFIG_APPLIED = "device_config_applied"
+    DEVICE_STATUS = "device_status"
+    CONFIG_SET = "config_set"
+    CONFIG_SET_RESPONSE = "config_set_response"
     AGENT_STATUS = "agent_status"
     AGENT_EVENTS = "agent_events"
     AGENT_SYNC = "agent_sync"
+    AGENT_FLEET = "agent_fleet"
     PROVISION_REQUEST = "provision_request"
     PROVISION_RESPONSE = "provision_response"
     STATION_STATUS = "station_status"
@@ -42,6 +50,7 @@ class TopicSpec:
     qos: int
     publisher: str
     description: str
+    below_allowed: bool = False  # a v5 requester may name a Response Topic below this one
 
     @property
     def id_name(self) -> str:
@@ -66,10 +75,35 @@ TOPICS: dict[TopicKind, TopicSpec] = {
         TopicSpec(
             TopicKind.DEVICE_CONFIG_APPLIED,
             "devices/{device_id}/config/applied",
-            False,
+            True,
             1,
             "device",
-            "Optional acknowledgement from the firmware.",
+            "The firmware's ack of every config it receives (retained since v1.1).",
+        ),
+        TopicSpec(
+            TopicKind.DEVICE_STATUS,
+            "devices/{device_id}/status",
+            True,
+            1,
+            "device",
+            "Device presence; the MQTT will sets it offline (v1.1).",
+        ),
+        TopicSpec(
+            TopicKind.CONFIG_SET,
+            "devices/{device_id}/config/set",
+            False,
+            1,
+            "operator",
+            "Request: replace, merge or delete a device's config file (v1.1).",
+        ),
+        TopicSpec(
+            TopicKind.CONFIG_SET_RESPONSE,
+            "devices/{device_id}/config/set/response",
+            False,
+            1,
+            "agent",
+            "Default config/set response topic; v5 requesters may use a topic below it.",
+            below_allowed=True,
         ),
         TopicSpec(
             TopicKind.AGENT_STATUS,
@@ -96,6 +130,14 @@ TOPICS: dict[TopicKind, TopicSpec] = {
             "The agent's own marker: once it arrives, every retained config was seen.",
         ),
         TopicSpec(
+            TopicKind.AGENT_FLEET,
+            "agents/{agent_id}/fleet",
+            True,
+            1,
+            "agent",
+            "Fleet state summary, at most once a second while it changes (v1.1).",
+        ),
+        TopicSpec(
             TopicKind.PROVISION_REQUEST,
             "provision/{device_id}/request",
             False,
@@ -110,6 +152,7 @@ TOPICS: dict[TopicKind, TopicSpec] = {
             1,
             "agent",
             "Default response topic; v5 requesters may use a topic below it.",
+            below_allowed=True,
         ),
         TopicSpec(
             TopicKind.STATION_STATUS,
@@ -162,7 +205,7 @@ def check_root(root: str) -> str:
 class TopicMatch:
     kind: TopicKind
     identifier: str
-    suffix: str = ""  # what follows a provisioning response topic, e.g. "station-1/job-7"
+    suffix: str = ""  # what follows a response topic (below_allowed), e.g. "station-1/job-7"
 
 
 @dataclass(frozen=True)
@@ -192,6 +235,15 @@ class Topics:
     def device_config_applied(self, device_id: str) -> str:
         return self.build(TopicKind.DEVICE_CONFIG_APPLIED, device_id)
 
+    def device_status(self, device_id: str) -> str:
+        return self.build(TopicKind.DEVICE_STATUS, device_id)
+
+    def config_set(self, device_id: str) -> str:
+        return self.build(TopicKind.CONFIG_SET, device_id)
+
+    def config_set_response(self, device_id: str) -> str:
+        return self.build(TopicKind.CONFIG_SET_RESPONSE, device_id)
+
     def agent_status(self, agent_id: str) -> str:
         return self.build(TopicKind.AGENT_STATUS, agent_id)
 
@@ -200,6 +252,9 @@ class Topics:
 
     def agent_sync(self, agent_id: str) -> str:
         return self.build(TopicKind.AGENT_SYNC, agent_id)
+
+    def agent_fleet(self, agent_id: str) -> str:
+        return self.build(TopicKind.AGENT_FLEET, agent_id)
 
     def provision_request(self, device_id: str) -> str:
         return self.build(TopicKind.PROVISION_REQUEST, device_id)
@@ -222,7 +277,8 @@ class Topics:
     def parse(self, topic: str) -> TopicMatch | None:
         """Recognise a contract topic; ``None`` for anything else (or an invalid identifier).
 
-        A provisioning response topic may carry a suffix (``.../response/<anything>``).
+        A response topic (provisioning, config/set) may carry a suffix
+        (``.../response/<anything>``).
         """
         parts = topic.split("/")
         n_root = len(self._root_parts)
@@ -232,7 +288,7 @@ class Topics:
         for spec in TOPICS.values():
             segments = spec.segments
             exact = len(rest) == len(segments)
-            below = spec.kind is TopicKind.PROVISION_RESPONSE and len(rest) > len(segments)
+            below = spec.below_allowed and len(rest) > len(segments)
             if not (exact or below):
                 continue
             identifier = ""
@@ -250,11 +306,22 @@ class Topics:
                 return TopicMatch(spec.kind, identifier, suffix)
         return None
 
-    def is_response_topic_for(self, device_id: str, topic: str) -> bool:
-        """True when ``topic`` is the device's response topic or a topic below it."""
-        base = self.provision_response(device_id)
+    def is_reply_topic_for(self, kind: TopicKind, identifier: str, topic: str) -> bool:
+        """True when ``topic`` is ``kind``'s topic for ``identifier`` or, for a response topic
+        (``below_allowed``), a topic below it: what an MQTT v5 Response Topic may name."""
+        base = self.build(kind, identifier)
         if topic == base:
             return True
+        if not TOPICS[kind].below_allowed:
+            return False
         if not topic.startswith(base + "/") or len(topic) == len(base) + 1:
             return False
         return not any(ch in topic for ch in "+#\x00")
+
+    def is_response_topic_for(self, device_id: str, topic: str) -> bool:
+        """True when ``topic`` is the device's provisioning response topic or below it."""
+        return self.is_reply_topic_for(TopicKind.PROVISION_RESPONSE, device_id, topic)
+
+    def is_config_set_response_topic_for(self, device_id: str, topic: str) -> bool:
+        """True when ``topic`` is the device's config/set response topic or below it."""
+        return self.is_reply_topic_for(TopicKind.CONFIG_SET_RESPONSE, device_id, topic)

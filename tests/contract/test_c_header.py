@@ -22,7 +22,7 @@ from firmware_contracts.identifiers import (
     REQUEST_ID_MAX_LENGTH,
     is_identifier,
 )
-from firmware_contracts.payloads import SCHEMA_MODELS
+from firmware_contracts.payloads import DEVICE_STATUS_WILL, SCHEMA_MODELS
 from firmware_contracts.topics import DEFAULT_ROOT, TOPICS, TopicKind, Topics
 
 # The header's naming convention for each enum of firmware_contracts.codes.
@@ -35,6 +35,9 @@ ENUM_PREFIXES: dict[type[StrEnum], str] = {
     codes.FlashPhase: "IOT_FLASH_PHASE_",
     codes.PresenceState: "IOT_STATE_",
     codes.FlashAfter: "IOT_FLASH_AFTER_",
+    codes.DevicePresence: "IOT_DEVICE_PRESENCE_",
+    codes.FleetState: "IOT_FLEET_STATE_",
+    codes.ConfigWriteErrorCode: "IOT_CONFIG_WRITE_ERROR_",
 }
 
 LONGEST_ROOT = "r" * 64  # the header sizes buffers for roots up to 64 characters
@@ -93,6 +96,11 @@ def program_and_expected() -> tuple[str, list[str]]:
         expected.append(line)
 
     emit("version %d", "IOT_CONTRACT_VERSION", f"version {codes.CONTRACT_VERSION}")
+    emit(
+        "version_minor %d",
+        "IOT_CONTRACT_VERSION_MINOR",
+        f"version_minor {codes.CONTRACT_MINOR_VERSION}",
+    )
     emit("root %s", "IOT_TOPIC_ROOT_DEFAULT", f"root {DEFAULT_ROOT}")
     emit(
         "id_max %d %d",
@@ -168,6 +176,22 @@ def program_and_expected() -> tuple[str, list[str]]:
         emit(f"{prefix}COUNT %d", f"{prefix}COUNT", f"{prefix}COUNT {len(enum)}")
         body.append(f"    {prefix}LIST(PRINT_ROW)")
         expected.extend(f"row {member.name} {member.value}" for member in enum)
+
+    emit(
+        "will %s",
+        "IOT_DEVICE_STATUS_WILL_PAYLOAD",
+        f"will {DEVICE_STATUS_WILL.to_json().decode()}",
+    )
+    emit(
+        "config_set_status %s %s",
+        "IOT_CONFIG_SET_STATUS_OK, IOT_CONFIG_SET_STATUS_ERROR",
+        "config_set_status ok error",
+    )
+    emit(
+        "pending_grace_s %d",
+        "IOT_FLEET_PENDING_GRACE_S_DEFAULT",
+        f"pending_grace_s {codes.DEFAULT_PENDING_GRACE_S}",
+    )
 
     for name in _field_names():
         emit("field %s", f"IOT_FIELD_{name.upper()}", f"field {name}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from firmware_contracts.json_rules import INTEGER_MAX_DIGITS, StrictJsonError, l
 
 # Everything json.dumps can produce from finite data: any text (astral characters included,
 # no lone surrogates: those are not Unicode text), any int, any finite float, at any nesting.
-texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=30)
+texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=30)
 json_data = st.recursive(
     st.none()
     | st.booleans()
@@ -124,10 +125,8 @@ def test_a_bad_value_anywhere_is_refused(data: Any, bad: str) -> None:
         loads_strict(text)
 
 
-def test_the_interpreter_limit_is_not_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_interpreter_limit_is_not_the_contract() -> None:
     """PYTHONINTMAXSTRDIGITS=0 (no limit) must not let a 4,301-digit integer through."""
-    import sys
-
     long_int = "7" * (INTEGER_MAX_DIGITS + 1)
     saved = sys.get_int_max_str_digits()
     try:

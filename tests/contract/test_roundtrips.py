@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from firmware_contracts import codegen
 from firmware_contracts.codes import (
     AgentEventName,
+    ConfigWriteErrorCode,
     FlashAfter,
     FlashErrorCode,
     FlashPhase,
@@ -44,13 +45,20 @@ from firmware_contracts.payloads import (
     AgentStatus,
     ChipInfo,
     ConfigApplied,
+    ConfigApplyError,
     ConfigEnvelope,
+    ConfigSetError,
+    ConfigSetOk,
+    ConfigSetRequest,
+    ConfigWriteErrorDetail,
     ContractModel,
+    DeviceStatus,
     ErrorDetail,
     FlashCancel,
     FlashErrorDetail,
     FlashEvent,
     FlashRequest,
+    FleetSummary,
     PartitionInfo,
     PortInfo,
     ProvisionError,
@@ -100,6 +108,78 @@ error_details: st.SearchStrategy[ErrorDetail] = st.deferred(
     lambda: st.builds(ErrorDetail, code=texts, message=texts, cause=maybe(error_details))
 )
 
+# -- v1.1 payloads: strategies that respect each model's cross-field rules ----------------
+
+_STATUS_FIELDS = set(DeviceStatus.model_fields)
+device_statuses = st.builds(
+    lambda state, fw_version, since, extra: DeviceStatus(
+        state=state, fw_version=fw_version, since=since, **extra
+    ),
+    state=st.sampled_from(PresenceState),
+    fw_version=maybe(texts),
+    since=maybe(timestamps),
+    extra=st.dictionaries(texts.filter(lambda k: k not in _STATUS_FIELDS), json_values, max_size=3),
+)
+
+
+@st.composite
+def fleet_summaries(draw: st.DrawFn) -> FleetSummary:
+    small = st.integers(0, 10_000)
+    states = {
+        name: draw(small) for name in ("in_sync", "failed", "pending", "stale", "never_applied")
+    }
+    devices = sum(states.values())
+    online = draw(st.integers(0, devices))
+    offline = draw(st.integers(0, devices - online))
+    return FleetSummary(
+        devices=devices,
+        **states,
+        unmanaged=draw(small),
+        online=online,
+        offline=offline,
+        unknown=devices - online - offline,
+        ts=draw(timestamps),
+    )
+
+
+@st.composite
+def config_set_requests(draw: st.DrawFn) -> ConfigSetRequest:
+    operation = draw(st.sampled_from(["config", "merge", "delete"]))
+    fields: dict[str, Any] = {operation: True if operation == "delete" else draw(configs)}
+    if draw(st.booleans()):
+        fields["request_id"] = draw(request_ids)
+    precondition = draw(st.sampled_from(["absent", "null", "sha256"]))
+    if precondition != "absent":
+        fields["if_sha256"] = None if precondition == "null" else draw(hex_digests[64])
+    return ConfigSetRequest(**fields)
+
+
+agent_events = st.builds(
+    AgentEvent,
+    event=st.sampled_from([e for e in AgentEventName if e is not AgentEventName.CONFIG_WRITTEN]),
+    ts=timestamps,
+    device_id=maybe(texts),
+    file=maybe(texts),
+    count=maybe(st.integers(min_value=1, max_value=2**31)),
+    sha256=maybe(hex_digests[64]),
+    error=maybe(error_details),
+    reason=maybe(texts),
+    would_clear=maybe(counts),
+    fleet_size=maybe(counts),
+    partition_size=maybe(st.integers()),
+    md5=maybe(hex_digests[32]),
+    request_id=maybe(texts),
+    user=maybe(texts),
+) | st.builds(
+    AgentEvent,
+    event=st.just(AgentEventName.CONFIG_WRITTEN),
+    ts=timestamps,
+    device_id=identifiers,
+    request_id=request_ids,
+    sha256=maybe(hex_digests[64]),
+    user=maybe(texts),
+)
+
 MODELS: dict[str, st.SearchStrategy[Any]] = {
     "config_envelope": configs.flatmap(
         lambda config: st.builds(
@@ -111,7 +191,25 @@ MODELS: dict[str, st.SearchStrategy[Any]] = {
         )
     ),
     "config_applied": st.builds(
-        ConfigApplied, sha256=hex_digests[64], ok=st.booleans(), error=maybe(texts)
+        ConfigApplied,
+        sha256=hex_digests[64],
+        ok=st.booleans(),
+        error=maybe(st.builds(ConfigApplyError, code=texts, message=texts) | texts),
+        ts=maybe(timestamps),
+    ),
+    "device_status": device_statuses,
+    "fleet_summary": fleet_summaries(),
+    "config_set_request": config_set_requests(),
+    "config_set_ok": st.builds(
+        ConfigSetOk, request_id=texts, device_id=identifiers, sha256=maybe(hex_digests[64])
+    ),
+    "config_set_error": st.builds(
+        ConfigSetError,
+        request_id=texts,
+        device_id=texts,
+        error=st.builds(
+            ConfigWriteErrorDetail, code=st.sampled_from(ConfigWriteErrorCode), message=texts
+        ),
     ),
     "agent_status": st.builds(
         AgentStatus,
@@ -121,22 +219,7 @@ MODELS: dict[str, st.SearchStrategy[Any]] = {
         devices=maybe(counts),
         since=maybe(timestamps),
     ),
-    "agent_event": st.builds(
-        AgentEvent,
-        event=st.sampled_from(AgentEventName),
-        ts=timestamps,
-        device_id=maybe(texts),
-        file=maybe(texts),
-        count=maybe(st.integers(min_value=1, max_value=2**31)),
-        sha256=maybe(hex_digests[64]),
-        error=maybe(error_details),
-        reason=maybe(texts),
-        would_clear=maybe(counts),
-        fleet_size=maybe(counts),
-        partition_size=maybe(st.integers()),
-        md5=maybe(hex_digests[32]),
-        request_id=maybe(texts),
-    ),
+    "agent_event": agent_events,
     "provision_request": st.builds(
         ProvisionRequest, request_id=maybe(request_ids), partition_size=st.integers()
     ),
@@ -232,7 +315,9 @@ def test_payload_round_trips_through_json_and_matches_its_schema(
     assert isinstance(payload, model)
     wire = payload.to_json()
     assert model.model_validate_json(wire) == payload
+    assert model.from_json(wire) == payload  # the contract's strict JSON rules agree
     assert model.model_validate(payload.dump()) == payload
+    assert json.loads(wire) == payload.dump()
     errors = [e.message for e in schema_validator(stem).iter_errors(json.loads(wire))]
     assert errors == []
     errors = [e.message for e in schema_validator(stem).iter_errors(payload.dump())]
@@ -276,17 +361,99 @@ def test_topic_build_then_parse_gives_back_kind_and_id(
     assert "+" not in topic and "#" not in topic
 
 
+RESPONSE_KINDS = [kind for kind, spec in TOPICS.items() if spec.below_allowed]
+suffixes = st.lists(identifiers, min_size=1, max_size=3).map("/".join)
+
+
+def test_the_response_topics_that_allow_a_suffix() -> None:
+    assert [TopicKind.CONFIG_SET_RESPONSE, TopicKind.PROVISION_RESPONSE] == sorted(RESPONSE_KINDS)
+
+
 @settings(deadline=None)
-@given(
-    root=roots,
-    device_id=identifiers,
-    suffix=st.lists(identifiers, min_size=1, max_size=3).map("/".join),
-)
+@given(root=roots, device_id=identifiers, suffix=suffixes)
 def test_provision_response_below_the_default_topic(root: str, device_id: str, suffix: str) -> None:
     topics = Topics(root)
     topic = f"{topics.provision_response(device_id)}/{suffix}"
     assert topics.parse(topic) == TopicMatch(TopicKind.PROVISION_RESPONSE, device_id, suffix)
     assert topics.is_response_topic_for(device_id, topic)
+    assert not topics.is_config_set_response_topic_for(device_id, topic)
+
+
+@settings(deadline=None)
+@given(root=roots, device_id=identifiers, suffix=suffixes)
+def test_config_set_response_below_the_default_topic(
+    root: str, device_id: str, suffix: str
+) -> None:
+    topics = Topics(root)
+    base = topics.config_set_response(device_id)
+    assert base == f"{root}/devices/{device_id}/config/set/response"
+    topic = f"{base}/{suffix}"
+    assert topics.parse(topic) == TopicMatch(TopicKind.CONFIG_SET_RESPONSE, device_id, suffix)
+    assert topics.is_config_set_response_topic_for(device_id, base)
+    assert topics.is_config_set_response_topic_for(device_id, topic)
+    assert not topics.is_response_topic_for(device_id, topic)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "iot/devices/kitchen-01/config/set/response/",  # an empty suffix
+        "iot/devices/kitchen-01/config/set/response/+",
+        "iot/devices/kitchen-01/config/set/response/#",
+        "iot/devices/kitchen-01/config/set/response/a\x00b",
+        "iot/devices/kitchen-01/config/set/responses",
+        "iot/devices/kitchen-01/config/set",
+        "iot/devices/hall-02/config/set/response",  # another device's
+        "iot/provision/kitchen-01/response",  # another kind's
+    ],
+)
+def test_what_a_config_set_response_topic_may_not_be(topic: str) -> None:
+    assert not Topics().is_config_set_response_topic_for("kitchen-01", topic)
+
+
+@pytest.mark.parametrize(
+    "kind", [kind for kind in TopicKind if not TOPICS[kind].below_allowed], ids=str
+)
+def test_other_topics_take_no_suffix(kind: TopicKind) -> None:
+    topics = Topics()
+    base = topics.build(kind, "kitchen-01")
+    below = topics.parse(f"{base}/extra")
+    assert below is None or below.kind is not kind
+    assert topics.is_reply_topic_for(kind, "kitchen-01", base)
+    assert not topics.is_reply_topic_for(kind, "kitchen-01", f"{base}/extra")
+
+
+def test_v1_1_topics() -> None:
+    topics = Topics("site-7/iot")
+    expected = {
+        topics.device_status("kitchen-01"): (TopicKind.DEVICE_STATUS, True, 1, "device"),
+        topics.device_config_applied("kitchen-01"): (
+            TopicKind.DEVICE_CONFIG_APPLIED,
+            True,
+            1,
+            "device",
+        ),
+        topics.agent_fleet("agent-1"): (TopicKind.AGENT_FLEET, True, 1, "agent"),
+        topics.config_set("kitchen-01"): (TopicKind.CONFIG_SET, False, 1, "operator"),
+        topics.config_set_response("kitchen-01"): (
+            TopicKind.CONFIG_SET_RESPONSE,
+            False,
+            1,
+            "agent",
+        ),
+    }
+    assert list(expected) == [
+        "site-7/iot/devices/kitchen-01/status",
+        "site-7/iot/devices/kitchen-01/config/applied",
+        "site-7/iot/agents/agent-1/fleet",
+        "site-7/iot/devices/kitchen-01/config/set",
+        "site-7/iot/devices/kitchen-01/config/set/response",
+    ]
+    for topic, (kind, retained, qos, publisher) in expected.items():
+        match = topics.parse(topic)
+        assert match is not None and match.kind is kind
+        spec = TOPICS[kind]
+        assert (retained, qos, publisher) == (spec.retained, spec.qos, spec.publisher)
 
 
 @settings(deadline=None)
