@@ -12,7 +12,7 @@ plugs boards in and out while a station runs. ``python -m broker_agent.simulator
 serves a few boards for manual tests (``--help`` for the options).
 """
 
-from broker_agent.simulator.bench import SimulatedBench, port_of
+from broker_agent.simulator.bench import BenchPort, SimulatedBench, port_of
 from broker_agent.simulator.board import FLASH_SIZES, MB, BoardConfig, Fault, SimulatedBoard
 from broker_agent.simulator.server import BoardServer
 from broker_agent.simulator.tables import (
@@ -28,6 +28,7 @@ from broker_agent.simulator.tables import (
 __all__ = [
     "FLASH_SIZES",
     "MB",
+    "BenchPort",
     "BoardConfig",
     "BoardServer",
     "Fault",

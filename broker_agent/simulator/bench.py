@@ -5,8 +5,10 @@ its ``socket://`` URL, ``unplug(url)`` stops it (the listening socket closes, so
 connections are refused, and an open connection drops, as when a cable is pulled) and
 hands the board back: its flash survives, so plugging it in again shows what was written.
 ``ports()`` lists the URLs plugged in now, oldest first; a port scanner polls it the way it
-polls the serial ports of the host. Every change bumps ``generation``, and
-``wait_for_change(seen)`` blocks until the generation differs from ``seen`` (or a timeout)::
+polls the serial ports of the host, or merges ``comports()`` (the same boards shaped like
+pyserial's ``list_ports.comports()`` entries, with a CP210x bridge's USB id) into its scan.
+Every change bumps ``generation``, and ``wait_for_change(seen)`` blocks until the
+generation differs from ``seen`` (or a timeout)::
 
     with SimulatedBench() as bench:
         url = bench.plug(SimulatedBoard(BoardConfig(erased=True)))
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -36,6 +39,21 @@ def port_of(url: str) -> int:
     if port is None:
         raise ValueError(f"not a socket://host:port URL: {url!r}")
     return port
+
+
+CP210X_VID = 0x10C4
+CP210X_PID = 0xEA60
+
+
+@dataclass(frozen=True)
+class BenchPort:
+    """A plugged board as ``list_ports.comports()`` lists a USB serial port (same names)."""
+
+    device: str  # the socket:// URL
+    serial_number: str  # the board's MAC, hex without colons
+    description: str = "CP2102 USB to UART Bridge Controller (simulated ESP32)"
+    vid: int = CP210X_VID
+    pid: int = CP210X_PID
 
 
 class SimulatedBench:
@@ -80,6 +98,14 @@ class SimulatedBench:
         """The URLs of the boards plugged in now, in the order they were plugged in."""
         with self._changed:
             return list(self._servers)
+
+    def comports(self) -> list[BenchPort]:
+        """``ports()`` as pyserial ``ListPortInfo``-like entries, for a station's port scan."""
+        with self._changed:
+            servers = list(self._servers.items())
+        return [
+            BenchPort(device=url, serial_number=server.board.mac.hex()) for url, server in servers
+        ]
 
     def board(self, url: str) -> SimulatedBoard:
         """The board plugged in at ``url`` (``KeyError`` when none is)."""

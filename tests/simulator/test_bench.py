@@ -11,6 +11,7 @@ from esptool.util import FatalError
 from serial import SerialException
 
 from broker_agent.simulator import BoardConfig, SimulatedBench, SimulatedBoard, port_of
+from tests.simulator.sessions import stub_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,6 +42,18 @@ def test_ports_lists_plugged_boards_in_plug_order(bench: SimulatedBench) -> None
     assert [first, third] == bench.ports()
 
 
+def test_comports_lists_plugged_boards_as_cp210x_serial_ports(bench: SimulatedBench) -> None:
+    url = bench.plug(board())
+
+    [port] = bench.comports()
+    assert (url, "240ac4000007", 0x10C4, 0xEA60) == (
+        port.device,
+        port.serial_number,
+        port.vid,
+        port.pid,
+    )
+
+
 def test_connection_to_an_unplugged_board_is_refused(bench: SimulatedBench) -> None:
     url = bench.plug(board())
     bench.unplug(url)
@@ -56,6 +69,15 @@ def test_unplug_drops_the_open_connection(bench: SimulatedBench) -> None:
 
         with pytest.raises(SerialException):
             esp.read_reg(0x40001000)
+
+
+def test_unplug_mid_read_fails_the_read(bench: SimulatedBench) -> None:
+    url = bench.plug(SimulatedBoard(BoardConfig(baud_throttle=115200)))  # 256 KiB take 23 s
+    unplug = threading.Timer(0.3, bench.unplug, args=(url,))
+    with stub_session(url) as esp, pytest.raises(SerialException):
+        unplug.start()
+        esp.read_flash(0, 0x40000)
+    unplug.join()
 
 
 def test_replugged_board_answers_at_the_same_url_with_its_flash(bench: SimulatedBench) -> None:
