@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from broker_agent.app import Agent, run_agent  # noqa: E402
-from broker_agent.fleet.files import FleetSchema, load_config  # noqa: E402
 from broker_agent.broker.process import MosquittoProcess, free_port  # noqa: E402
+from broker_agent.fleet.files import FleetSchema, load_config  # noqa: E402
 from broker_agent.logs import configure_logging  # noqa: E402
 from broker_agent.settings import AgentSettings  # noqa: E402
 

@@ -47,14 +47,14 @@ sys.path.insert(0, str(ROOT))
 import aiomqtt  # noqa: E402
 from esptool import cmds  # noqa: E402
 
-from broker_agent.provisioning.nvs_image import build_nvs_image  # noqa: E402
-from broker_agent.station import socket_port  # noqa: E402
 from broker_agent.broker.process import MosquittoProcess, free_port  # noqa: E402
-from broker_agent.station.esptool_log import install  # noqa: E402
 from broker_agent.logs import configure_logging  # noqa: E402
-from broker_agent.station.station import Station  # noqa: E402
+from broker_agent.provisioning.nvs_image import build_nvs_image  # noqa: E402
 from broker_agent.settings import StationSettings  # noqa: E402
 from broker_agent.simulator.protocol import SlipDecoder  # noqa: E402
+from broker_agent.station import socket_port  # noqa: E402
+from broker_agent.station.esptool_log import install  # noqa: E402
+from broker_agent.station.station import Station  # noqa: E402
 
 STATION_ID = "bench-station"
 AGENT_ID = "bench-agent"

@@ -1,61 +1,38 @@
 """The agent: one TaskGroup holding the watcher and the MQTT session loop.
 
 Per connection: subscribe, learn the retained configs, reconcile, start the provisioning
-responder, then announce ``online``. Any ``MqttError`` ends the session; the loop backs off and
-starts a new one, and the watcher keeps queueing changes meanwhile.
+responder, then announce ``online``. A ``BrokerUnavailableError`` ends the session; the loop
+backs off and starts a new one, and the watcher keeps queueing changes meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiomqtt
-
-from broker_agent.fleet.plan import PruneGuard
+from broker_agent.broker.auth_sync import BrokerAuthSync
 from broker_agent.broker.process import MosquittoProcess
-from broker_agent.mqtt.client import (
-    Backoff,
-    make_client,
-    raise_if_cancelled,
-    run_forever_connected,
-    wait_disconnected,
-)
+from broker_agent.events import AgentEvents, agent_online, agent_presence
+from broker_agent.fleet.plan import PruneGuard
+from broker_agent.fleet.publisher import ConfigPublisher
 from broker_agent.fleet.watcher import DirectoryWatcher
 from broker_agent.logs import get_logger
-from broker_agent.events import AgentPresence
-from broker_agent.broker.auth_sync import BrokerAuthSync
-from broker_agent.fleet.publisher import ConfigPublisher
+from broker_agent.mqtt import (
+    Backoff,
+    BrokerUrl,
+    Connection,
+    Router,
+    make_connection,
+    raise_if_cancelled,
+    run_forever_connected,
+)
 from broker_agent.provisioning.responder import ProvisioningResponder
 from broker_agent.settings import AgentSettings
-from firmware_contracts.topics import TopicKind, TopicMatch, Topics
+from firmware_contracts.payloads import utc_timestamp
+from firmware_contracts.topics import TopicKind, Topics
 
 log = get_logger(__name__)
-
-Handler = Callable[[TopicMatch, aiomqtt.Message], None]
-
-
-class Router:
-    """Routes each incoming message to its service by topic; one bad message stops nothing."""
-
-    def __init__(self, topics: Topics, handlers: dict[TopicKind, Handler]) -> None:
-        self.topics = topics
-        self.handlers = handlers
-
-    def __call__(self, message: aiomqtt.Message) -> bool:
-        topic = message.topic.value
-        match = self.topics.parse(topic)
-        handler = self.handlers.get(match.kind) if match else None
-        if match is None or handler is None:
-            log.info("message_ignored", topic=topic[:200], reason="not a contract topic for us")
-            return True
-        try:
-            handler(match, message)
-        except Exception:  # the one place that keeps the session alive: report and go on
-            log.exception("message_handler_failed", topic=topic[:200])
-        return True
 
 
 @dataclass
@@ -67,17 +44,20 @@ class Agent:
     def __post_init__(self) -> None:
         s = self.settings
         self.topics = Topics(s.topic_root)
-        self.presence = AgentPresence(self.topics, s.agent_id)
+        self.since = utc_timestamp()
+        self.presence = agent_presence(self.topics, s.agent_id)
+        self.events = AgentEvents(self.topics, s.agent_id)
         self.publisher = ConfigPublisher(
             s.config_dir,
             self.topics,
-            self.presence,
+            self.events,
             guard=PruneGuard(s.prune_max_share, s.prune_min_devices),
             max_bytes=s.max_config_bytes,
             concurrency=s.publish_concurrency,
             event_limit=s.event_detail_limit,
         )
-        self.responder = ProvisioningResponder(s, self.topics, self.presence)
+        self.publisher.on_batch_done = self._announce
+        self.responder = ProvisioningResponder(s, self.topics, self.events)
         self.watcher = DirectoryWatcher(
             s.config_dir,
             self.publisher.on_file_changes,
@@ -89,7 +69,6 @@ class Agent:
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         async with asyncio.TaskGroup() as group:
             group.create_task(self.watcher.run(), name="config-watcher")
-            group.create_task(self.responder.watch_secrets(), name="secrets-watcher")
             auth_sync = BrokerAuthSync.from_agent(self.settings)
             if auth_sync is not None:
                 group.create_task(auth_sync.run(), name="broker-auth-sync")
@@ -100,7 +79,7 @@ class Agent:
                 name="mqtt-session-loop",
             )
 
-    def _connect(self) -> aiomqtt.Client:
+    def _connect(self) -> Connection:
         router = Router(
             self.topics,
             {
@@ -108,8 +87,9 @@ class Agent:
                 TopicKind.AGENT_SYNC: self.publisher.on_message,
                 TopicKind.PROVISION_REQUEST: self.responder.on_message,
             },
+            unmatched=self.responder.on_unmatched,
         )
-        return make_client(
+        return make_connection(
             self.settings,
             self.broker_url,
             client_id=self.settings.agent_id,
@@ -119,40 +99,36 @@ class Agent:
 
     def _disconnected(self, error: Exception, delay: float) -> None:
         self.online.clear()
-        self.presence.client = None
+        self.events.connection = None
         log.warning("broker_disconnected", error=str(error), retry_in_s=round(delay, 2))
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        self.presence.client = client
+    async def _announce(self, connection: Connection) -> None:
+        payload = agent_online(self.settings.agent_id, len(self.publisher.retained), self.since)
+        await self.presence.announce(connection, payload)
+
+    async def _session(self, connection: Connection) -> None:
+        self.events.connection = connection
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(wait_disconnected(client), name="mqtt-connection")
-                await self.publisher.subscribe_and_sync(client)
-                await self.publisher.reconcile(client)
-                group.create_task(self.publisher.drain(client), name="config-drain")
-                await self.responder.start(client, group)
-                await self.presence.publish_status(client, len(self.publisher.retained))
+                group.create_task(connection.wait_disconnected(), name="mqtt-connection")
+                await self.publisher.subscribe_and_sync(connection)
+                await self.publisher.reconcile(connection)
+                group.create_task(self.publisher.drain(connection), name="config-drain")
+                await self.responder.start(connection, group)
+                payload = agent_online(
+                    self.settings.agent_id, len(self.publisher.retained), self.since
+                )
+                await self.presence.announce(connection, payload, force=True)
                 raise_if_cancelled()  # aiomqtt's wait_for may have swallowed a cancel
                 self.online.set()
                 log.info(
                     "agent_online",
                     agent_id=self.settings.agent_id,
-                    broker=_display(self.broker_url),
+                    broker=BrokerUrl.parse(self.broker_url).display(),
                 )
         except asyncio.CancelledError:
-            await _say_offline(self.presence, client)
+            await self.presence.withdraw(connection)
             raise
-
-
-async def _say_offline(presence: AgentPresence, client: aiomqtt.Client) -> None:
-    with contextlib.suppress(aiomqtt.MqttError):
-        await presence.publish_offline(client)
-
-
-def _display(url: str) -> str:
-    from broker_agent.mqtt.client import BrokerUrl
-
-    return BrokerUrl.parse(url).display()
 
 
 async def run_agent(

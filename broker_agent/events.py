@@ -1,4 +1,9 @@
-"""Publishing the agent's events and status; every event is also logged (without secrets)."""
+"""The agent's event stream (``{root}/agents/{agent_id}/events``); every event is also logged.
+
+Used by the fleet publisher and the provisioning responder alike. Events go out at QoS 0 when
+connected (they are informational; the retained configs are the record) and are always logged,
+never with a secret.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,10 @@ import contextlib
 import json
 from typing import Any
 
-import aiomqtt
-
 from broker_agent import __version__
-from broker_agent.mqtt.client import Will
+from broker_agent.errors import BrokerUnavailableError
 from broker_agent.logs import get_logger
+from broker_agent.mqtt import Connection, Presence
 from firmware_contracts.codes import AgentEventName, PresenceState
 from firmware_contracts.payloads import AgentEvent, AgentStatus, ErrorDetail, utc_timestamp
 from firmware_contracts.topics import TOPICS, TopicKind, Topics
@@ -21,44 +25,34 @@ log = get_logger("broker_agent.events")
 # start-up (summarised at info by the publisher) and one per provisioning reply (the MQTT
 # event and the stations' manufacturing logs are the record).
 _QUIET_EVENTS = frozenset({AgentEventName.CONFIG_PUBLISHED, AgentEventName.PROVISIONED})
+_WARNINGS = frozenset({AgentEventName.CONFIG_REJECTED, AgentEventName.PRUNE_BLOCKED})
 
 
 def _without_envelope(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in ("event", "ts")}
 
 
-class AgentPresence:
+def agent_presence(topics: Topics, agent_id: str) -> Presence:
+    offline = AgentStatus(state=PresenceState.OFFLINE, agent_id=agent_id)
+    spec = TOPICS[TopicKind.AGENT_STATUS]
+    return Presence(topics.agent_status(agent_id), offline.to_json(), qos=spec.qos)
+
+
+def agent_online(agent_id: str, devices: int, since: str) -> bytes:
+    return AgentStatus(
+        state=PresenceState.ONLINE,
+        agent_id=agent_id,
+        version=__version__,
+        devices=devices,
+        since=since,
+    ).to_json()
+
+
+class AgentEvents:
     def __init__(self, topics: Topics, agent_id: str) -> None:
-        self.topics = topics
         self.agent_id = agent_id
-        self.client: aiomqtt.Client | None = None
-        self.since = utc_timestamp()
-
-    @property
-    def status_topic(self) -> str:
-        return self.topics.agent_status(self.agent_id)
-
-    def will(self) -> Will:
-        offline = AgentStatus(state=PresenceState.OFFLINE, agent_id=self.agent_id)
-        spec = TOPICS[TopicKind.AGENT_STATUS]
-        return Will(self.status_topic, offline.to_json(), retain=spec.retained, qos=spec.qos)
-
-    async def publish_status(self, client: aiomqtt.Client, devices: int) -> None:
-        status = AgentStatus(
-            state=PresenceState.ONLINE,
-            agent_id=self.agent_id,
-            version=__version__,
-            devices=devices,
-            since=self.since,
-        )
-        spec = TOPICS[TopicKind.AGENT_STATUS]
-        await client.publish(
-            self.status_topic, status.to_json(), qos=spec.qos, retain=spec.retained
-        )
-
-    async def publish_offline(self, client: aiomqtt.Client) -> None:
-        will = self.will()
-        await client.publish(will.topic, will.payload, qos=will.qos, retain=will.retain, timeout=2)
+        self.topic = topics.agent_events(agent_id)
+        self.connection: Connection | None = None  # set while connected
 
     async def emit(self, event: AgentEventName, **fields: Any) -> None:
         """Publish one event when connected; always log it."""
@@ -69,20 +63,20 @@ class AgentPresence:
         # provisioning reply); the tests validate every event against the generated schema.
         payload = AgentEvent.model_construct(event=event, ts=utc_timestamp(), error=error, **fields)
         data = payload.dump()
-        if event in (AgentEventName.CONFIG_REJECTED, AgentEventName.PRUNE_BLOCKED):
+        if event in _WARNINGS:
             log.warning(str(event), **_without_envelope(data))
         elif event in _QUIET_EVENTS:
             log.debug(str(event), **_without_envelope(data))
         else:
             log.info(str(event), **_without_envelope(data))
-        client = self.client
-        if client is None:
+        connection = self.connection
+        if connection is None:
             return
         spec = TOPICS[TopicKind.AGENT_EVENTS]
         # a failure means the connection is going away; the session loop reconnects
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(
-                self.topics.agent_events(self.agent_id),
+        with contextlib.suppress(BrokerUnavailableError):
+            await connection.publish(
+                self.topic,
                 json.dumps(data, separators=(",", ":")).encode(),
                 qos=spec.qos,
                 retain=spec.retained,

@@ -21,26 +21,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-import aiomqtt
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
-from broker_agent.station.flasher import normalise_mac
-from broker_agent.mqtt.client import BrokerUrl, connected, make_client
-from broker_agent.station.ports import scan_ports
-from broker_agent.errors import FlashJobError, ProvisionFailure, SetupError
+from broker_agent.errors import BrokerUnavailableError, FlashJobError, ProvisionFailure, SetupError
+from broker_agent.mqtt import BrokerUrl, Router, make_connection
+from broker_agent.provisioning.offline import build_offline_image
+from broker_agent.provisioning.requester import ImageRequester
+from broker_agent.settings import AgentSettings, StationSettings
+from broker_agent.station.commands import JobRequest, normalise_mac
 from broker_agent.station.job import (
-    JobRequest,
     JobResult,
     JobThread,
-    ManufacturingLog,
     call_from_job_thread,
     error_detail,
+    fetch_image,
     run_job,
 )
-from broker_agent.provisioning.requester import ImageRequester
-from broker_agent.commands.provision import build_offline_image
-from broker_agent.settings import AgentSettings, StationSettings
+from broker_agent.station.manufacturing_log import ManufacturingLog
+from broker_agent.station.ports import scan_ports
 from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase, FlashStatus
 from firmware_contracts.identifiers import InvalidIdentifierError, check_identifier
 from firmware_contracts.partition_table import PartitionEntry
@@ -206,25 +205,19 @@ async def _run_online(
     """Connect (a failure is a ``SetupError``), then run the job with the agent's image."""
     topics = Topics(settings.topic_root)
     requester = ImageRequester(topics, settings.station_id, settings.provision_timeout_s)
-
-    def route(message: aiomqtt.Message) -> bool:
-        match = topics.parse(message.topic.value)
-        if match is not None and match.kind is TopicKind.PROVISION_RESPONSE:
-            requester.on_response(match, message)
-        return True
-
+    router = Router(topics, {TopicKind.PROVISION_RESPONSE: requester.on_response})
     client_id = f"flash-{settings.station_id}-{secrets.token_hex(4)}"
-    client = make_client(settings, url, client_id=client_id, route=route)
+    connection = make_connection(settings, url, client_id=client_id, route=router)
     loop = asyncio.get_running_loop()
 
     def fetch(partition: PartitionEntry) -> bytes:
-        coroutine = requester.fetch(request.device_id, request.request_id, partition.size)
+        coroutine = fetch_image(requester, request, partition.size)
         return call_from_job_thread(loop, coroutine, cancel, FlashPhase.FETCHING_NVS)
 
     result: JobResult | None = None
     try:
-        async with connected(client):
-            await requester.attach(client)
+        async with connection:
+            await requester.attach(connection)
             with _progress(request) as view:
                 thread = JobThread(
                     "flash-job",
@@ -236,7 +229,7 @@ async def _run_online(
                 except asyncio.CancelledError:  # Ctrl-C: the job ends aborted; report that
                     cancel.set()
                     result = await finished
-    except aiomqtt.MqttError as exc:
+    except BrokerUnavailableError as exc:
         if result is None:
             raise SetupError(
                 f"cannot use the broker at {BrokerUrl.parse(url).display()}: {exc}"

@@ -9,39 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
-import aiomqtt
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
+from broker_agent.errors import ConfigFileError
+from broker_agent.events import AgentEvents
 from broker_agent.fleet.files import (
     SCHEMA_FILE,
     DeviceConfig,
     FleetSchema,
-    device_id_of,
     envelope_sha256,
-    load_config,
 )
 from broker_agent.fleet.plan import (
     DirectoryScan,
-    PruneBlocked,
     PruneGuard,
     ReconcilePlan,
-    Rejection,
-    list_candidates,
+    open_scan,
     plan_reconcile,
-    scan_file,
 )
-from broker_agent.mqtt.client import (
+from broker_agent.logs import get_logger
+from broker_agent.mqtt import (
+    Connection,
+    Message,
     OutgoingMessage,
     publish_many,
     publish_stream,
     raise_if_cancelled,
 )
-from broker_agent.errors import ConfigFileError
-from broker_agent.logs import get_logger
-from broker_agent.events import AgentPresence
 from firmware_contracts.codes import AgentEventName
 from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
 
@@ -55,7 +49,7 @@ class ConfigPublisher:
         self,
         config_dir: Path,
         topics: Topics,
-        presence: AgentPresence,
+        events: AgentEvents,
         *,
         guard: PruneGuard,
         max_bytes: int,
@@ -64,7 +58,9 @@ class ConfigPublisher:
     ) -> None:
         self.config_dir = config_dir
         self.topics = topics
-        self.presence = presence
+        self.events = events
+        # called after each batch of live changes (the agent re-announces its device count)
+        self.on_batch_done: Callable[[Connection], Awaitable[None]] | None = None
         self.guard = guard
         self.max_bytes = max_bytes
         self.concurrency = concurrency
@@ -86,13 +82,13 @@ class ConfigPublisher:
         self._rescan = True
         self._wakeup.set()
 
-    def on_message(self, match: TopicMatch, message: aiomqtt.Message) -> None:
+    def on_message(self, match: TopicMatch, message: Message) -> None:
         """Retained configs (ours at subscribe time, other agents' live) and our sync marker."""
         if match.kind is TopicKind.AGENT_SYNC:
             if message.payload == self._sync_nonce:
                 self._synced.set()
             return
-        payload = message.payload if isinstance(message.payload, bytes) else b""
+        payload = message.payload
         if not payload:
             self.retained.pop(match.identifier, None)
             return
@@ -100,7 +96,7 @@ class ConfigPublisher:
         self.retained[match.identifier] = sha or "?"  # not ours: differs from every real hash
 
     # -- per connection ----------------------------------------------------------------
-    async def subscribe_and_sync(self, client: aiomqtt.Client) -> None:
+    async def subscribe_and_sync(self, connection: Connection) -> None:
         """Learn everything the broker retains under the config topics, without a fixed sleep.
 
         QoS 0 so the broker's per-client queue limits cannot drop any (measured: QoS 1 got
@@ -110,20 +106,15 @@ class ConfigPublisher:
         self.retained.clear()
         self._synced.clear()
         self._sync_nonce = secrets.token_hex(8).encode()
-        sync_topic = self.topics.agent_sync(self.presence.agent_id)
-        await client.subscribe(
-            [
-                (
-                    self.topics.filter(TopicKind.DEVICE_CONFIG),
-                    SubscribeOptions(qos=0, noLocal=True),
-                ),
-                (sync_topic, SubscribeOptions(qos=0)),
-            ]
+        sync_topic = self.topics.agent_sync(self.events.agent_id)
+        await connection.subscribe(
+            self.topics.filter(TopicKind.DEVICE_CONFIG), qos=0, no_local=True
         )
-        await client.publish(sync_topic, self._sync_nonce, qos=0)
+        await connection.subscribe(sync_topic, qos=0)
+        await connection.publish(sync_topic, self._sync_nonce, qos=0)
         await self._synced.wait()
 
-    async def reconcile(self, client: aiomqtt.Client) -> None:
+    async def reconcile(self, connection: Connection) -> None:
         """Make the retained state equal the directory (subject to the prune guard).
 
         Pipelined: the scan runs in a thread and hands every config whose hash differs from the
@@ -139,15 +130,10 @@ class ConfigPublisher:
         async def scan_then_close() -> DirectoryScan:
             # On the event loop, in chunks, so publishing overlaps reading: a scan thread
             # would fight the loop for the GIL at every hand-over (measured 3x slower).
-            scan = DirectoryScan()
-            try:
-                names = list_candidates(self.config_dir)
-            except OSError as exc:
-                scan.error = f"{self.config_dir}: {exc.strerror or exc}"
-                names = []
-            for index, name in enumerate(names):
-                config = scan_file(scan, self.config_dir, name, self.schema, self.max_bytes)
-                if config is not None and retained.get(config.device_id) != config.sha256:
+            scan, names = open_scan(self.config_dir)
+            configs = scan.read(self.config_dir, names, self.schema, self.max_bytes)
+            for index, config in enumerate(configs):
+                if retained.get(config.device_id) != config.sha256:
                     queue.put_nowait(self._message_for(config))
                 if index % _SCAN_CHUNK == _SCAN_CHUNK - 1:
                     await asyncio.sleep(0)
@@ -159,14 +145,14 @@ class ConfigPublisher:
             scanning = group.create_task(scan_then_close(), name="config-scan")
             group.create_task(
                 publish_stream(
-                    client, queue, concurrency=self.concurrency, on_done=self._published
+                    connection, queue, concurrency=self.concurrency, on_done=self._published
                 ),
                 name="config-publish",
             )
         scan = scanning.result()
         plan = plan_reconcile(scan, retained, self.guard)
         await self._report_rejections(scan.rejected)
-        await self._apply(client, ReconcilePlan([], plan.clear, plan.unchanged, plan.blocked))
+        await self._apply(connection, ReconcilePlan([], plan.clear, plan.unchanged, plan.blocked))
         await self._report_published(plan.publish, [])
         log.info(
             "reconciled",
@@ -192,17 +178,18 @@ class ConfigPublisher:
         else:
             self.retained.pop(match.identifier, None)
 
-    async def drain(self, client: aiomqtt.Client) -> None:
+    async def drain(self, connection: Connection) -> None:
         """Handle queued file changes for as long as the connection lives."""
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             names, self._pending = self._pending, set()
             if self._rescan or SCHEMA_FILE in names:
-                await self.reconcile(client)
+                await self.reconcile(connection)
             elif names:
-                await self._apply_changes(client, names)
-            await self.presence.publish_status(client, len(self.retained))
+                await self._apply_changes(connection, names)
+            if self.on_batch_done is not None:
+                await self.on_batch_done(connection)
             raise_if_cancelled()
 
     # -- the work ------------------------------------------------------------------------
@@ -211,45 +198,21 @@ class ConfigPublisher:
             self.schema = FleetSchema.load(self.config_dir / SCHEMA_FILE, self.max_bytes)
         except ConfigFileError as exc:
             # Keep the last good schema: configs stay held to the rules the operator set.
-            await self.presence.emit(
+            await self.events.emit(
                 AgentEventName.CONFIG_REJECTED, file=SCHEMA_FILE, error=(exc.code, exc.message)
             )
 
-    async def _apply_changes(self, client: aiomqtt.Client, names: Iterable[str]) -> None:
-        if not self.config_dir.is_dir():
-            # the whole directory went away (rm -rf, an unmounted volume): that is not a fleet
-            # deleting its devices, so nothing is cleared
-            blocked = PruneBlocked(
-                f"config directory unavailable: {self.config_dir}",
-                sum(device_id_of(name) in self.retained for name in names),
-                len(self.retained),
-            )
-            await self._apply(client, ReconcilePlan([], [], 0, blocked))
-            return
-        scan = DirectoryScan()
-        deleted: list[str] = []
-        for name in sorted(names):
-            try:
-                config = load_config(self.config_dir / name, self.schema, self.max_bytes)
-            except FileNotFoundError:
-                device_id = device_id_of(name)
-                if device_id in self.retained:
-                    deleted.append(device_id)
-            except ConfigFileError as exc:
-                scan.rejected.append(Rejection(name, device_id_of(name), exc))
-            else:
-                scan.configs[config.device_id] = config
+    async def _apply_changes(self, connection: Connection, names: Iterable[str]) -> None:
+        """The same plan as a reconcile, scoped to the files the watcher named."""
+        scan, todo = open_scan(self.config_dir, names)
+        for _ in scan.read(self.config_dir, todo, self.schema, self.max_bytes):
+            pass
         await self._report_rejections(scan.rejected)
-        publish = [c for c in scan.configs.values() if self.retained.get(c.device_id) != c.sha256]
-        if self.guard.blocks(len(deleted), len(self.retained)):
-            blocked = PruneBlocked("mass_prune", len(deleted), len(self.retained))
-            await self._apply(client, ReconcilePlan(publish, [], 0, blocked))
-        else:
-            await self._apply(client, ReconcilePlan(publish, deleted, 0))
+        await self._apply(connection, plan_reconcile(scan, self.retained, self.guard))
 
-    async def _apply(self, client: aiomqtt.Client, plan: ReconcilePlan) -> None:
+    async def _apply(self, connection: Connection, plan: ReconcilePlan) -> None:
         if plan.blocked is not None:
-            await self.presence.emit(
+            await self.events.emit(
                 AgentEventName.PRUNE_BLOCKED,
                 reason=plan.blocked.reason,
                 would_clear=plan.blocked.would_clear,
@@ -263,32 +226,34 @@ class ConfigPublisher:
             )
             for device in plan.clear
         )
-        await publish_many(client, messages, concurrency=self.concurrency, on_done=self._published)
+        await publish_many(
+            connection, messages, concurrency=self.concurrency, on_done=self._published
+        )
         await self._report_published(plan.publish, plan.clear)
 
     async def _report_published(self, published: list[DeviceConfig], cleared: list[str]) -> None:
         """One event per device, or one summary event per kind for a large batch."""
         if len(published) > self.event_limit:
-            await self.presence.emit(AgentEventName.CONFIG_PUBLISHED, count=len(published))
+            await self.events.emit(AgentEventName.CONFIG_PUBLISHED, count=len(published))
         else:
             for config in published:
-                await self.presence.emit(
+                await self.events.emit(
                     AgentEventName.CONFIG_PUBLISHED,
                     device_id=config.device_id,
                     file=config.file,
                     sha256=config.sha256,
                 )
         if len(cleared) > self.event_limit:
-            await self.presence.emit(AgentEventName.CONFIG_CLEARED, count=len(cleared))
+            await self.events.emit(AgentEventName.CONFIG_CLEARED, count=len(cleared))
         else:
             for device_id in cleared:
-                await self.presence.emit(AgentEventName.CONFIG_CLEARED, device_id=device_id)
+                await self.events.emit(AgentEventName.CONFIG_CLEARED, device_id=device_id)
 
-    async def _report_rejections(self, rejected: list[Rejection]) -> None:
+    async def _report_rejections(self, rejected: list[ConfigFileError]) -> None:
         for item in rejected:
-            await self.presence.emit(
+            await self.events.emit(
                 AgentEventName.CONFIG_REJECTED,
                 device_id=item.device_id,
                 file=item.file,
-                error=(item.error.code, item.error.message),
+                error=(item.code, item.message),
             )

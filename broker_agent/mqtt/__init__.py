@@ -1,0 +1,30 @@
+"""MQTT: the only package that imports aiomqtt or paho.
+
+Everything else uses ``Connection`` (publish/subscribe), ``Message`` (incoming), ``Router``,
+``Presence``, the reconnect loop and the publishing pool from here; failures arrive as
+``broker_agent.errors.BrokerUnavailableError``.
+"""
+
+from broker_agent.mqtt.client import BrokerUrl, Connection, Message, Will, make_connection
+from broker_agent.mqtt.presence import Presence
+from broker_agent.mqtt.publish import OutgoingMessage, publish_many, publish_stream
+from broker_agent.mqtt.request_reply import PendingAnswers
+from broker_agent.mqtt.router import Router
+from broker_agent.mqtt.session import Backoff, raise_if_cancelled, run_forever_connected
+
+__all__ = [
+    "Backoff",
+    "BrokerUrl",
+    "Connection",
+    "Message",
+    "OutgoingMessage",
+    "PendingAnswers",
+    "Presence",
+    "Router",
+    "Will",
+    "make_connection",
+    "publish_many",
+    "publish_stream",
+    "raise_if_cancelled",
+    "run_forever_connected",
+]

@@ -1,32 +1,33 @@
-"""The one place that builds MQTT clients: URLs, TLS, credentials, publish pools, backoff.
+"""The one place that builds MQTT clients: URLs, TLS, credentials, and the ``Connection`` type.
+
+Only ``broker_agent.mqtt`` imports aiomqtt or paho. The rest of the package talks to the broker
+through ``Connection`` (publish, subscribe, unsubscribe with plain keyword arguments) and
+receives ``Message`` values; aiomqtt's ``MqttError`` is translated here, once, into the
+project's ``BrokerUnavailableError`` (back off and reconnect).
 
 Measured traps handled here (see docs/benchmarks.md): aiomqtt leaves Nagle on (a 44 ms stall
-per reply), warns on every publish past 10 pending calls, and scans all pending calls on each
-publish, so bulk publishing goes through a bounded pool of tasks.
+per reply), warns on every publish past 10 pending calls, and its message iterator costs a task
+and an ``asyncio.wait`` per message, so incoming messages are routed synchronously as they
+arrive (``RoutingQueue``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import secrets
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker_agent.errors import SetupError
+from broker_agent.errors import BrokerUnavailableError, SetupError
+from broker_agent.mqtt.properties import publish_properties, subscription_properties
 from broker_agent.settings import MqttSettings
-
-MqttError = aiomqtt.MqttError
-Message = aiomqtt.Message
 
 
 @dataclass(frozen=True)
@@ -87,32 +88,175 @@ class Will:
     qos: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One incoming message, as the project sees it (no library types)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    subscription_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_aiomqtt(cls, message: aiomqtt.Message) -> Message:
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        props = message.properties
+        if props is None:
+            return cls(message.topic.value, payload, message.qos, bool(message.retain))
+        correlation = getattr(props, "CorrelationData", None)
+        return cls(
+            message.topic.value,
+            payload,
+            message.qos,
+            bool(message.retain),
+            getattr(props, "ResponseTopic", None),
+            bytes(correlation) if correlation is not None else None,
+            tuple(getattr(props, "SubscriptionIdentifier", ()) or ()),
+        )
+
+
+Route = Callable[[Message], None]
+
+
 class RoutingQueue(asyncio.Queue[aiomqtt.Message]):
     """aiomqtt's incoming queue, replaced (``queue_type``) by a synchronous router.
 
     aiomqtt's message iterator costs a task and an ``asyncio.wait`` per message, which made a
     10,000-config reconnect take a second; routing from ``put_nowait`` costs a function call.
-    Messages the router does not take are queued as usual.
     """
 
-    route: Callable[[aiomqtt.Message], bool] | None = None
+    route: Route | None = None
 
     def put_nowait(self, item: aiomqtt.Message) -> None:
         route = self.route
-        if route is None or not route(item):
+        if route is None:
             super().put_nowait(item)
+        else:
+            route(Message.from_aiomqtt(item))
 
 
-def make_client(
+def _routing_queue(route: Route) -> type[RoutingQueue]:
+    return type("BoundRoutingQueue", (RoutingQueue,), {"route": staticmethod(route)})
+
+
+class Connection:
+    """An MQTT v5 client: ``async with connection:`` connects; failures are translated.
+
+    Every method raises ``BrokerUnavailableError`` when the broker is gone or refuses.
+    """
+
+    def __init__(self, client: aiomqtt.Client, url: BrokerUrl, client_id: str) -> None:
+        self._client = client
+        self.url = url
+        self.client_id = client_id
+
+    async def __aenter__(self) -> Connection:
+        try:
+            await self._client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailableError(f"cannot connect to {self.url.display()}: {exc}") from exc
+        except OSError as exc:  # refused, unreachable, TLS handshake: all mean "try again later"
+            raise BrokerUnavailableError(
+                f"cannot connect to {self.url.display()}: {exc.strerror or exc}"
+            ) from exc
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self._client.__aexit__(*exc_info)
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailableError(str(exc)) from exc
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes = b"",
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        expiry_s: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        properties = publish_properties(
+            response_topic=response_topic, correlation_data=correlation_data, expiry_s=expiry_s
+        )
+        try:
+            await self._client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties, timeout=timeout
+            )
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailableError(f"publish failed: {exc}") from exc
+
+    async def subscribe(
+        self,
+        topic_filter: str,
+        *,
+        qos: int = 1,
+        no_local: bool = False,
+        retain_as_published: bool = False,
+        retain_handling: int = 0,
+        subscription_id: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        options = SubscribeOptions(
+            qos=qos,
+            noLocal=no_local,
+            retainAsPublished=retain_as_published,
+            retainHandling=retain_handling,
+        )
+        try:
+            await self._client.subscribe(
+                topic_filter,
+                options=options,
+                properties=subscription_properties(subscription_id),
+                timeout=timeout,
+            )
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailableError(f"subscribe to {topic_filter} failed: {exc}") from exc
+
+    async def unsubscribe(self, topic_filter: str, *, timeout: float | None = None) -> None:
+        try:
+            await self._client.unsubscribe(topic_filter, timeout=timeout)
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailableError(f"unsubscribe from {topic_filter} failed: {exc}") from exc
+
+    async def wait_disconnected(self) -> None:
+        """Return never; raise ``BrokerUnavailableError`` when the connection drops.
+
+        Incoming messages are handed to the connection's route as they arrive; this only
+        notices the end of the connection.
+        """
+        try:
+            async for message in self._client.messages:
+                del message  # only queued when no route was given
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailableError(f"connection lost: {exc}") from exc
+        raise BrokerUnavailableError("connection closed")
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Incoming messages, for a connection made without a route."""
+        try:
+            async for message in self._client.messages:
+                yield Message.from_aiomqtt(message)
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailableError(f"connection lost: {exc}") from exc
+
+
+def make_connection(
     settings: MqttSettings,
     url: str,
     *,
     client_id: str,
     will: Will | None = None,
     timeout: float = 10.0,
-    route: Callable[[aiomqtt.Message], bool] | None = None,
-) -> aiomqtt.Client:
-    """An MQTT v5 client for ``url``, with TCP_NODELAY, TLS and credentials from settings.
+    route: Route | None = None,
+) -> Connection:
+    """An MQTT v5 connection for ``url``, with TCP_NODELAY, TLS and credentials from settings.
 
     With ``route``, every incoming message is handed to it as it arrives (see RoutingQueue).
     """
@@ -153,201 +297,11 @@ def make_client(
         queue_type=_routing_queue(route) if route is not None else None,
     )
     client.pending_calls_threshold = 100_000  # its per-publish warning is noise for us
-    return client
-
-
-def _routing_queue(route: Callable[[aiomqtt.Message], bool]) -> type[RoutingQueue]:
-    return type("BoundRoutingQueue", (RoutingQueue,), {"route": staticmethod(route)})
-
-
-async def wait_disconnected(client: aiomqtt.Client) -> None:
-    """Return never; raise ``MqttError`` when the connection drops (messages are routed)."""
-    async for message in client.messages:
-        del message  # a RoutingQueue only queues what its router declined
-
-
-def response_properties(
-    correlation_data: bytes | None = None, expiry_s: int | None = None
-) -> Properties:
-    """A fresh PUBLISH properties object (never reuse one across publishes)."""
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    if correlation_data is not None:
-        props.CorrelationData = correlation_data
-    if expiry_s is not None:
-        props.MessageExpiryInterval = expiry_s
-    return props
-
-
-def request_properties(response_topic: str, correlation_data: bytes) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ResponseTopic = response_topic
-    props.CorrelationData = correlation_data
-    return props
-
-
-def message_property(message: aiomqtt.Message, name: str) -> Any:
-    props = message.properties
-    return getattr(props, name, None) if props is not None else None
-
-
-def raise_if_cancelled() -> None:
-    """Re-raise a cancellation that ``asyncio.wait_for`` swallowed.
-
-    On Python 3.11, ``wait_for`` (which aiomqtt uses for every call) returns the result instead
-    of raising when cancellation and completion race; a loop that goes on waiting would then
-    never stop. Long-lived loops call this after each aiomqtt await.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-def _forget_leaked_cancels() -> None:
-    """Undo cancel requests that a failed session's TaskGroup left on this task.
-
-    Python 3.11's TaskGroup cancels its parent when a child fails after the body has finished,
-    and then never uncancels it (fixed in 3.12): the reconnect loop would carry a phantom
-    cancel into the next session, where ``raise_if_cancelled`` takes it for a shutdown. A real
-    shutdown arrives as CancelledError, not as the MqttError that brings us here.
-    """
-    task = asyncio.current_task()
-    while task is not None and task.cancelling():
-        task.uncancel()
-
-
-class PendingAnswers:
-    """Answers awaited over MQTT v5 request/response, matched by Correlation Data.
-
-    ``expect(topic)`` registers one request (its fresh correlation data and a future);
-    ``deliver(message)`` hands an incoming answer to the request it belongs to. A broker that
-    drops properties is covered too: each request's response topic is unique.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: dict[bytes, tuple[str, asyncio.Future[bytes]]] = {}
-
-    @contextmanager
-    def expect(self, topic: str) -> Iterator[tuple[bytes, asyncio.Future[bytes]]]:
-        correlation = secrets.token_bytes(16)
-        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation] = (topic, answer)
-        try:
-            yield correlation, answer
-        finally:
-            del self._waiting[correlation]
-
-    def deliver(self, message: aiomqtt.Message) -> bool:
-        """True when ``message`` answered a request we wait for."""
-        topic = message.topic.value
-        correlation = message_property(message, "CorrelationData")
-        if correlation is not None:
-            waiting = self._waiting.get(bytes(correlation))
-        else:
-            waiting = next((w for w in self._waiting.values() if w[0] == topic), None)
-        if waiting is None or waiting[0] != topic:
-            return False
-        if not waiting[1].done():
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            waiting[1].set_result(payload)
-        return True
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-
-
-async def publish_stream(
-    client: aiomqtt.Client,
-    queue: asyncio.Queue[OutgoingMessage | None],
-    *,
-    concurrency: int = 128,
-    on_done: Callable[[OutgoingMessage], None] | None = None,
-) -> None:
-    """Publish what arrives on ``queue`` through ``concurrency`` tasks until each reads None.
-
-    The producer may still be filling the queue (a directory scan in a thread, say); it ends
-    the stream by putting one ``None`` per worker.
-    """
-
-    async def worker() -> None:
-        while (message := await queue.get()) is not None:
-            await client.publish(
-                message.topic, message.payload, qos=message.qos, retain=message.retain
-            )
-            raise_if_cancelled()
-            if on_done is not None:
-                on_done(message)
-
-    async with asyncio.TaskGroup() as group:
-        for index in range(concurrency):
-            group.create_task(worker(), name=f"publish-worker-{index}")
-
-
-async def publish_many(
-    client: aiomqtt.Client,
-    messages: Iterable[OutgoingMessage],
-    *,
-    concurrency: int = 128,
-    on_done: Callable[[OutgoingMessage], None] | None = None,
-) -> int:
-    """Publish through a bounded pool of tasks; returns how many were acknowledged."""
-    queue: asyncio.Queue[OutgoingMessage | None] = asyncio.Queue()
-    for message in messages:
-        queue.put_nowait(message)
-    count = queue.qsize()
-    workers = min(concurrency, count)
-    for _ in range(workers):
-        queue.put_nowait(None)
-    if workers:
-        await publish_stream(client, queue, concurrency=workers, on_done=on_done)
-    return count
-
-
-class Backoff:
-    """Jittered exponential backoff, capped: 0.5 s, ~1 s, ~2 s ... up to ``maximum``."""
-
-    def __init__(self, minimum: float = 0.5, maximum: float = 30.0) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.minimum * (2**self.attempt))
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
+    return Connection(client, broker, client_id)
 
 
 @asynccontextmanager
-async def connected(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
-    """``async with client`` with connection failures surfaced as ``MqttError``."""
-    try:
-        async with client:
-            yield client
-    except OSError as exc:  # refused, unreachable, TLS handshake: all mean "try again later"
-        raise aiomqtt.MqttError(f"cannot connect: {exc}") from exc
-
-
-async def run_forever_connected(
-    connect: Callable[[], aiomqtt.Client],
-    session: Callable[[aiomqtt.Client], Awaitable[None]],
-    backoff: Backoff,
-    on_disconnect: Callable[[Exception, float], None],
-) -> None:
-    """The reconnect loop: run ``session`` on a fresh connection until cancelled."""
-    while True:
-        try:
-            async with connected(connect()) as client:
-                backoff.reset()
-                await session(client)
-        except* aiomqtt.MqttError as group:
-            _forget_leaked_cancels()
-            delay = backoff.next_delay()
-            on_disconnect(group.exceptions[0], delay)
-            await asyncio.sleep(delay)
+async def connected(connection: Connection) -> AsyncIterator[Connection]:
+    """``async with connection`` (kept for call sites that read better this way)."""
+    async with connection:
+        yield connection

@@ -3,7 +3,7 @@
 Pure and synchronous: the responder service and the ``provision`` command call these; nothing
 here talks to MQTT or reads files.
 
-- ``parse_request``: a request payload -> ``ProvisionRequestData`` or ``RequestRejected``
+- ``parse_request``: a request payload -> ``ProvisionRequestData`` or ``ProvisionFailure``
   (``invalid_request`` / ``invalid_partition_size``) carrying the request_id to answer with: the
   requester's when it is valid, a made-up one when it is missing or invalid.
 - ``build_image``: credential values -> ``ProvisionedImage`` (the NVS blob, its md5, its keys).
@@ -27,8 +27,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker_agent.provisioning.nvs_image import NvsImageError, build_nvs_image
 from broker_agent.errors import ProvisionFailure
+from broker_agent.provisioning.nvs_image import NvsImageError, build_nvs_image
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.identifiers import REQUEST_ID_MAX_LENGTH, is_request_id
 from firmware_contracts.nvs import NVS_FORMAT, NVS_NAMESPACE, PROV_KEYS, partition_size_error
@@ -38,7 +38,6 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "ProvisionRequestData",
     "ProvisionedImage",
-    "RequestRejected",
     "build_image",
     "error_response",
     "new_request_id",
@@ -62,14 +61,6 @@ def new_request_id() -> str:
     return f"agent-{secrets.token_hex(8)}"
 
 
-class RequestRejected(ProvisionFailure):
-    """A request that is answered with an error before any credentials are looked at."""
-
-    def __init__(self, code: ProvisionErrorCode, message: str, request_id: str) -> None:
-        super().__init__(code, message)
-        self.request_id = request_id
-
-
 @dataclass(frozen=True, slots=True)
 class ProvisionRequestData:
     request_id: str
@@ -78,14 +69,16 @@ class ProvisionRequestData:
 
 
 def parse_request(payload: bytes) -> ProvisionRequestData:
-    """Validate a request payload. Raises ``RequestRejected``."""
+    """Validate a request payload; ``ProvisionFailure`` carries the request_id to answer with."""
     if len(payload) > MAX_REQUEST_BYTES:
-        raise RequestRejected(
-            _INVALID, f"request is larger than {MAX_REQUEST_BYTES} bytes", new_request_id()
+        raise ProvisionFailure(
+            _INVALID,
+            f"request is larger than {MAX_REQUEST_BYTES} bytes",
+            request_id=new_request_id(),
         )
     document = _json_object(payload)
     if isinstance(document, str):
-        raise RequestRejected(_INVALID, document, new_request_id())
+        raise ProvisionFailure(_INVALID, document, request_id=new_request_id())
     raw_id = document.get("request_id")
     generated = raw_id is None
     if raw_id is None:
@@ -93,28 +86,30 @@ def parse_request(payload: bytes) -> ProvisionRequestData:
     elif is_request_id(raw_id):
         request_id = raw_id
     else:
-        raise RequestRejected(
+        raise ProvisionFailure(
             _INVALID,
             f"request_id must be 1..{REQUEST_ID_MAX_LENGTH} printable ASCII characters",
-            new_request_id(),
+            request_id=new_request_id(),
         )
     unknown = sorted(set(document) - _FIELDS)
     if unknown:
         shown = ", ".join(repr(name[:_SHOWN_FIELD_CHARS]) for name in unknown[:_SHOWN_FIELDS])
         more = f" and {len(unknown) - _SHOWN_FIELDS} more" if len(unknown) > _SHOWN_FIELDS else ""
-        raise RequestRejected(
+        raise ProvisionFailure(
             _INVALID,
             f"unknown field(s) {shown}{more}: a request has only request_id and partition_size",
-            request_id,
+            request_id=request_id,
         )
     if "partition_size" not in document:
-        raise RequestRejected(_INVALID, "partition_size is required", request_id)
+        raise ProvisionFailure(_INVALID, "partition_size is required", request_id=request_id)
     size = document["partition_size"]
     if type(size) is not int:  # bool is an int subclass; 20480.0 is not an integer here
-        raise RequestRejected(_INVALID, "partition_size must be an integer", request_id)
+        raise ProvisionFailure(_INVALID, "partition_size must be an integer", request_id=request_id)
     problem = partition_size_error(size)
     if problem is not None:
-        raise RequestRejected(ProvisionErrorCode.INVALID_PARTITION_SIZE, problem, request_id)
+        raise ProvisionFailure(
+            ProvisionErrorCode.INVALID_PARTITION_SIZE, problem, request_id=request_id
+        )
     return ProvisionRequestData(request_id, size, generated)
 
 

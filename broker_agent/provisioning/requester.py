@@ -1,15 +1,19 @@
-"""A flash job's NVS image, requested from the agent over MQTT v5 (contract section 3).
+"""The requester's side of provisioning (contract section 3): one image requester for all.
 
-The station has one MQTT client for all its jobs and routes every incoming message itself, so
-the requester does not read ``client.messages``: the station's router hands it the answers
-(``on_response``), and each request waits on a future registered under its Correlation Data.
+The flash station, ``broker-agent flash`` and ``broker-agent provision`` ask for an image the
+same way. The requester never reads the connection's messages itself: whoever owns the
+connection routes answers to ``on_response``, and each request waits on a future registered
+under its Correlation Data.
 
-Per connection the requester subscribes once to ``{root}/provision/+/response/{station_id}/+``;
-each request asks for its answer on ``{root}/provision/{device_id}/response/{station_id}/{nonce}``
-(below the device's response topic, as the contract allows, and scoped to the station so that
-a broker ACL can let only this station read it). Failures become the flash job's errors:
-no answer in time -> ``provisioning_timeout``; the agent's error -> ``provisioning_failed``
-with the agent's error nested as ``cause``.
+Per connection the requester subscribes once to ``{root}/provision/+/response/{scope}/+``; each
+request asks for its answer on ``{root}/provision/{device_id}/response/{scope}/{nonce}`` (below
+the device's response topic, as the contract allows). ``scope`` is the station id or the MQTT
+user name, so that under the production broker profile an ACL can let only this client read
+its answers (``read .../response/<user>/#``).
+
+A request published while the connection is down waits for the next one (or times out).
+Failures raise ``ProvisionFailure`` with the agent's code (``internal_error`` for an answer that
+fails its checks) or ``ProvisionTimeout``.
 """
 
 from __future__ import annotations
@@ -18,13 +22,10 @@ import asyncio
 import json
 import secrets
 
-import aiomqtt
-
-from broker_agent.provisioning.messages import ProvisionedImage, parse_response
-from broker_agent.mqtt.client import PendingAnswers, request_properties
-from broker_agent.errors import FlashJobError, ProvisionFailure
+from broker_agent.errors import BrokerUnavailableError, ProvisionFailure, ProvisionTimeout
 from broker_agent.logs import get_logger
-from firmware_contracts.codes import FlashErrorCode, FlashPhase
+from broker_agent.mqtt import Connection, Message, PendingAnswers
+from broker_agent.provisioning.messages import ProvisionedImage, parse_response
 from firmware_contracts.identifiers import check_identifier
 from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
 
@@ -34,53 +35,51 @@ _PUBLISH_RETRY_S = 0.1
 
 
 class ImageRequester:
-    """Image requests over a client whose messages the caller routes to ``on_response``."""
+    """Image requests over a connection whose messages the caller routes to ``on_response``."""
 
-    def __init__(self, topics: Topics, station_id: str, timeout_s: float) -> None:
+    def __init__(self, topics: Topics, scope: str, timeout_s: float) -> None:
         self.topics = topics
-        self.station_id = check_identifier(station_id, "station_id")
+        self.scope = check_identifier(scope, "response scope")
         self.timeout_s = timeout_s
-        self._client: aiomqtt.Client | None = None
+        self._connection: Connection | None = None
         self._ready = asyncio.Event()
         self._answers = PendingAnswers()
 
     @property
     def response_filter(self) -> str:
-        """Every answer addressed to this station, whatever the device."""
-        return f"{self.topics.filter(TopicKind.PROVISION_RESPONSE)}/{self.station_id}/+"
+        """Every answer addressed to this requester, whatever the device."""
+        return f"{self.topics.filter(TopicKind.PROVISION_RESPONSE)}/{self.scope}/+"
 
-    async def attach(self, client: aiomqtt.Client) -> None:
+    async def attach(self, connection: Connection) -> None:
         """Subscribe on a new connection; requests may use it from now on."""
-        await client.subscribe(self.response_filter, qos=1)
-        self._client = client
+        await connection.subscribe(self.response_filter, qos=1)
+        self._connection = connection
         self._ready.set()
 
     def detach(self) -> None:
         """The connection is gone; requests in flight wait for the next one (or time out)."""
-        self._client = None
+        self._connection = None
         self._ready.clear()
 
-    def on_response(self, match: TopicMatch, message: aiomqtt.Message) -> None:
+    def on_response(self, match: TopicMatch, message: Message) -> None:
         """Hand an answer to the request waiting for it; anything else is logged and dropped."""
         if not self._answers.deliver(message):
-            log.info("provision_answer_unexpected", topic=message.topic.value[:200])
-
-    async def fetch(self, device_id: str, request_id: str, partition_size: int) -> bytes:
-        """The device's NVS image for a partition of ``partition_size`` bytes, checked.
-
-        Raises ``FlashJobError`` (phase ``fetching_nvs``): ``provisioning_timeout`` or
-        ``provisioning_failed``.
-        """
-        image = await self.request(device_id, request_id, partition_size)
-        return image.data
+            log.info("provision_answer_unexpected", topic=message.topic[:200])
 
     async def request(
-        self, device_id: str, request_id: str, partition_size: int
+        self, device_id: str, partition_size: int, request_id: str | None = None
     ) -> ProvisionedImage:
+        """The device's NVS image for a partition of ``partition_size`` bytes, checked.
+
+        Raises ``ProvisionFailure`` (the agent's code, or ``internal_error`` for an answer that
+        fails its checks) or ``ProvisionTimeout``.
+        """
+        check_identifier(device_id, "device_id")
         nonce = secrets.token_hex(8)
-        topic = f"{self.topics.provision_response(device_id)}/{self.station_id}/{nonce}"
+        topic = f"{self.topics.provision_response(device_id)}/{self.scope}/{nonce}"
         payload = json.dumps(
-            {"request_id": request_id, "partition_size": partition_size}, separators=(",", ":")
+            {"request_id": request_id or f"req-{nonce}", "partition_size": int(partition_size)},
+            separators=(",", ":"),
         ).encode("utf-8")
         with self._answers.expect(topic) as (correlation, waiting):
             try:
@@ -88,21 +87,11 @@ class ImageRequester:
                     await self._publish(device_id, payload, topic, correlation)
                     answer = await waiting
             except TimeoutError:
-                raise FlashJobError(
-                    FlashErrorCode.PROVISIONING_TIMEOUT,
-                    f"no NVS image for {device_id} from an agent within {self.timeout_s:g} s "
-                    "(is `broker-agent run` connected to this broker?)",
-                    FlashPhase.FETCHING_NVS,
+                raise ProvisionTimeout(
+                    f"no answer from an agent within {self.timeout_s:g} s for {device_id}'s image "
+                    "(is `broker-agent run` connected to this broker?)"
                 ) from None
-        try:
-            return parse_response(answer, device_id=device_id, partition_size=partition_size)
-        except ProvisionFailure as exc:
-            raise FlashJobError(
-                FlashErrorCode.PROVISIONING_FAILED,
-                f"the agent did not provide an NVS image for {device_id} ({exc.code.value})",
-                FlashPhase.FETCHING_NVS,
-                cause={"code": exc.code.value, "message": exc.message},
-            ) from None
+        return parse_response(answer, device_id=device_id, partition_size=partition_size)
 
     async def _publish(
         self, device_id: str, payload: bytes, response_topic: str, correlation: bytes
@@ -111,19 +100,23 @@ class ImageRequester:
         spec = TOPICS[TopicKind.PROVISION_REQUEST]
         while True:
             await self._ready.wait()
-            client = self._client
-            if client is None:
+            connection = self._connection
+            if connection is None:
                 await asyncio.sleep(_PUBLISH_RETRY_S)
                 continue
             try:
-                await client.publish(
+                await connection.publish(
                     self.topics.provision_request(device_id),
                     payload,
                     qos=spec.qos,
                     retain=spec.retained,
-                    properties=request_properties(response_topic, correlation),
+                    response_topic=response_topic,
+                    correlation_data=correlation,
                 )
                 return
-            except aiomqtt.MqttError as exc:
+            except BrokerUnavailableError as exc:
                 log.warning("provision_request_unsent", device_id=device_id, error=str(exc))
                 await asyncio.sleep(_PUBLISH_RETRY_S)
+
+
+__all__ = ["ImageRequester", "ProvisionFailure", "ProvisionTimeout"]

@@ -28,17 +28,16 @@ retained publish, which comes back to us retained and empty and is ignored).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import traceback
 from dataclasses import dataclass
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
+from broker_agent.errors import BrokerUnavailableError, ProvisionFailure, SetupError
+from broker_agent.events import AgentEvents
+from broker_agent.logs import get_logger
+from broker_agent.mqtt import Connection, Message, raise_if_cancelled
 from broker_agent.provisioning.credentials import CredentialStore
 from broker_agent.provisioning.messages import (
-    RequestRejected,
     build_image,
     error_response,
     new_request_id,
@@ -46,10 +45,6 @@ from broker_agent.provisioning.messages import (
     parse_request,
     request_id_in,
 )
-from broker_agent.mqtt.client import message_property, raise_if_cancelled, response_properties
-from broker_agent.errors import ProvisionFailure, SetupError
-from broker_agent.logs import get_logger
-from broker_agent.events import AgentPresence
 from broker_agent.settings import AgentSettings
 from firmware_contracts.codes import AgentEventName, ProvisionErrorCode
 from firmware_contracts.topics import PROVISION_RESPONSE_EXPIRY_S, TopicKind, TopicMatch, Topics
@@ -86,10 +81,10 @@ class _Answer:
 
 
 class ProvisioningResponder:
-    def __init__(self, settings: AgentSettings, topics: Topics, presence: AgentPresence) -> None:
+    def __init__(self, settings: AgentSettings, topics: Topics, events: AgentEvents) -> None:
         self.settings = settings
         self.topics = topics
-        self.presence = presence
+        self.events = events
         self.store = CredentialStore(
             settings.secrets_dir, settings.config_dir, issue=settings.issue_credentials
         )
@@ -104,14 +99,17 @@ class ProvisioningResponder:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._accepting = False
         self._backlog_warned = False
+        self._connection: Connection | None = None
+        self._clearing: set[asyncio.Task[None]] = set()
+        self._request_prefix = self.topics.root + "/provision/"
 
     # -- the dispatcher's side (sync, never blocks) ------------------------------------------
-    def on_message(self, match: TopicMatch, message: aiomqtt.Message) -> None:
+    def on_message(self, match: TopicMatch, message: Message) -> None:
         queue = self._queue
         if not self._accepting or match.kind is not TopicKind.PROVISION_REQUEST:
             return
-        payload = message.payload if isinstance(message.payload, bytes) else b""
-        subscriptions = message_property(message, "SubscriptionIdentifier") or ()
+        payload = message.payload
+        subscriptions = message.subscription_ids
         if (
             RETAINED_SCAN_SUBSCRIPTION_ID in subscriptions
             and REQUESTS_SUBSCRIPTION_ID not in subscriptions
@@ -123,65 +121,89 @@ class ProvisioningResponder:
         queue.put_nowait(
             _Request(
                 match.identifier,
-                str(message.topic),
+                message.topic,
                 payload,
-                bool(message.retain),
-                message_property(message, "ResponseTopic"),
-                message_property(message, "CorrelationData"),
+                message.retain,
+                message.response_topic,
+                message.correlation_data,
             )
         )
         if queue.qsize() > _BACKLOG_WARNING and not self._backlog_warned:
             self._backlog_warned = True
             log.warning("provision_backlog", queued=queue.qsize(), workers=self.concurrency)
 
+    def on_unmatched(self, message: Message) -> None:
+        """A retained message under ``{root}/provision/`` that is no valid request: clear it.
+
+        A request on a topic with an invalid device_id gets no answer (contract section 3),
+        but left retained it would stay on the broker for good (6.5).
+        """
+        retained_request = message.retain and message.payload
+        if not (retained_request and message.topic.startswith(self._request_prefix)):
+            log.info("message_ignored", topic=message.topic[:200], reason="not a contract topic")
+            return
+        connection = self._connection
+        if connection is None or not self._accepting:
+            return
+        log.warning("provision_retained_invalid_cleared", topic=message.topic[:200])
+        task = asyncio.get_running_loop().create_task(
+            _clear_retained(connection, message.topic), name="clear-retained-request"
+        )
+        self._clearing.add(task)
+        task.add_done_callback(self._clearing.discard)
+
     # -- per connection ------------------------------------------------------------------------
-    async def start(self, client: aiomqtt.Client, group: asyncio.TaskGroup) -> None:
+    async def start(self, connection: Connection, group: asyncio.TaskGroup) -> None:
         """Start the workers, then subscribe (so requests are answered as soon as they come)."""
         queue = self._queue
         self._accepting = True
         self._backlog_warned = False
+        self._connection = connection
         for index in range(self.concurrency):
-            group.create_task(self._work(client, queue), name=f"provision-worker-{index}")
+            group.create_task(self._work(connection, queue), name=f"provision-worker-{index}")
         request_filter = self.topics.filter(TopicKind.PROVISION_REQUEST)
         if self.group is None:
-            await client.subscribe(
+            await connection.subscribe(
                 request_filter,
-                options=SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=0),
-                properties=_subscription_id(REQUESTS_SUBSCRIPTION_ID),
+                qos=1,
+                retain_as_published=True,
+                retain_handling=0,
+                subscription_id=REQUESTS_SUBSCRIPTION_ID,
             )
             return
-        await client.subscribe(
+        await connection.subscribe(
             f"$share/{self.group}/{request_filter}",
-            options=SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=2),
-            properties=_subscription_id(REQUESTS_SUBSCRIPTION_ID),
+            qos=1,
+            retain_as_published=True,
+            retain_handling=2,
+            subscription_id=REQUESTS_SUBSCRIPTION_ID,
         )
-        await client.subscribe(
+        await connection.subscribe(
             request_filter,
-            options=SubscribeOptions(qos=0, retainAsPublished=False, retainHandling=0),
-            properties=_subscription_id(RETAINED_SCAN_SUBSCRIPTION_ID),
+            qos=0,
+            retain_as_published=False,
+            retain_handling=0,
+            subscription_id=RETAINED_SCAN_SUBSCRIPTION_ID,
         )
-        await client.unsubscribe(request_filter)
-
-    async def watch_secrets(self) -> None:
-        """Nothing to watch: the store re-checks each file's stat signature per request."""
-        await asyncio.Event().wait()
+        await connection.unsubscribe(request_filter)
 
     # -- the work ------------------------------------------------------------------------------
-    async def _work(self, client: aiomqtt.Client, queue: asyncio.Queue[_Request]) -> None:
+    async def _work(self, connection: Connection, queue: asyncio.Queue[_Request]) -> None:
         while True:
             request = await queue.get()
             answer = await self._answer(request)
-            await client.publish(
+            await connection.publish(
                 answer.topic,
                 answer.payload,
                 qos=1,
                 retain=False,
-                properties=_reply_properties(answer.correlation_data),
+                correlation_data=answer.correlation_data,
+                expiry_s=PROVISION_RESPONSE_EXPIRY_S,
             )
             if answer.clear_retained:
-                await client.publish(request.topic, b"", qos=1, retain=True)
+                await connection.publish(request.topic, b"", qos=1, retain=True)
             if answer.md5 is not None:
-                await self.presence.emit(
+                await self.events.emit(
                     AgentEventName.PROVISIONED,
                     device_id=request.device_id,
                     partition_size=answer.partition_size,
@@ -235,10 +257,9 @@ class ProvisioningResponder:
                 else await asyncio.to_thread(self.store.complete, found)
             )
             image = build_image(device_id, values, parsed.partition_size)
-        except RequestRejected as exc:
-            return self._refusal(request, topic, exc.request_id, exc)
         except ProvisionFailure as exc:
-            return self._refusal(request, topic, request_id or new_request_id(), exc)
+            answer_id = exc.request_id or request_id or new_request_id()
+            return self._refusal(request, topic, answer_id, exc)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
             # Only the type and the frames: a library's message might quote a value.
             log.error(
@@ -283,26 +304,6 @@ class ProvisioningResponder:
         )
 
 
-_REPLY_TEMPLATE = response_properties(None, PROVISION_RESPONSE_EXPIRY_S)
-
-
-def _reply_properties(correlation_data: bytes | None) -> Properties:
-    """A new PUBLISH properties object for one reply: expiry 60 s, the request's correlation.
-
-    paho's ``Properties()`` rebuilds its name tables and validates every attribute by scanning
-    them (~20 us a reply, measured); a copy of a template costs ~1 us. It is still a distinct
-    object per publish (a shared one let queued replies go out with the wrong correlation).
-    ``CorrelationData`` is stored as paho's own ``__setattr__`` stores a valid value; a unit test
-    checks the packed bytes against paho's own construction.
-    """
-    props: Properties = Properties.__new__(Properties)
-    vars(props).update(vars(_REPLY_TEMPLATE))
-    if correlation_data is not None:
-        object.__setattr__(props, "CorrelationData", bytes(correlation_data))
-    return props
-
-
-def _subscription_id(identifier: int) -> Properties:
-    props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
-    props.SubscriptionIdentifier = identifier
-    return props
+async def _clear_retained(connection: Connection, topic: str) -> None:
+    with contextlib.suppress(BrokerUnavailableError):  # the next session finds it again
+        await connection.publish(topic, b"", qos=1, retain=True)

@@ -26,9 +26,10 @@ import structlog
 from esptool import cmds
 from esptool.util import FatalError
 
-from broker_agent.station import socket_port
-from broker_agent.station.esptool_log import JobLogBinding, bound_to, install
 from broker_agent.errors import FlashJobError
+from broker_agent.station import socket_port
+from broker_agent.station.commands import JobRequest, normalise_mac
+from broker_agent.station.esptool_log import JobLogBinding, bound_to, install
 from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase
 from firmware_contracts.partition_table import (
     PARTITION_TABLE_MAX_SIZE,
@@ -58,23 +59,6 @@ logger = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class FlashJobSpec:
-    """Where and how to flash. ``port`` is a device path or any pyserial URL."""
-
-    port: str
-    baud: int = 460800
-    after: FlashAfter = FlashAfter.NO_RESET
-    expected_mac: str | None = None
-    connect_attempts: int = 3
-
-    def __post_init__(self) -> None:
-        if self.baud <= 0:
-            raise ValueError(f"baud must be positive, got {self.baud}")
-        if self.connect_attempts < 1:  # esptool reads 0 as "retry forever"
-            raise ValueError(f"connect_attempts must be at least 1, got {self.connect_attempts}")
-
-
-@dataclass(frozen=True)
 class FlashProgress:
     """One progress report; ``progress`` is 0..99 and never decreases within a job."""
 
@@ -99,11 +83,6 @@ class _Cancelled(Exception):
     """Raised from a checkpoint (possibly deep inside esptool) once the job is cancelled."""
 
 
-def normalise_mac(mac: str) -> str:
-    """``'24-0A-C4-12-34-56'`` -> ``'24:0a:c4:12:34:56'``."""
-    return mac.strip().lower().replace("-", ":")
-
-
 def _describe(exc: BaseException) -> str:
     """esptool's messages run over several lines with a troubleshooting link: keep the gist."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -112,7 +91,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_flash_job(
-    job: FlashJobSpec,
+    job: JobRequest,
     fetch_image: Callable[[PartitionEntry], bytes],
     report: Callable[[FlashProgress], None],
     cancel: threading.Event,
@@ -136,7 +115,7 @@ class _FlashRun:
     """The state of one job while it runs: phase, progress, what is known of the chip."""
 
     def __init__(
-        self, job: FlashJobSpec, report: Callable[[FlashProgress], None], cancel: threading.Event
+        self, job: JobRequest, report: Callable[[FlashProgress], None], cancel: threading.Event
     ) -> None:
         self.job = job
         self._report = report

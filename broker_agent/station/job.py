@@ -1,6 +1,6 @@
 """One flash job as both the station and ``broker-agent flash`` run it: events, record, thread.
 
-- ``JobRequest``: a validated command (where, what device, how).
+- ``fetch_image``: the agent's image for a job, its failures as the job's errors.
 - ``run_job``: BLOCKING; runs ``run_flash_job`` and turns its progress into the contract's
   event stream (``accepted``, ``in_progress``..., then exactly one ``ok`` or ``error``), handed
   to a ``publish`` callback on the job's thread. The finished job is recorded (the
@@ -8,7 +8,6 @@
 - ``JobEventStream``: the stream's rules: progress never decreases, a phase change is never
   skipped, byte progress is throttled (default at most 10 events/s), ``ok`` is 100/``done``,
   ``error`` keeps the failing phase and the last progress that was published.
-- ``ManufacturingLog``: one JSON line per finished job, appended and fsync'd.
 - ``JobThread`` / ``call_from_job_thread``: a job's own worker thread, awaitable from the loop,
   and the way back from that thread into the loop (the agent's image) that honours cancel.
 """
@@ -18,24 +17,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
-import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from broker_agent.station.flasher import (
-    FlashJobSpec,
-    FlashOutcome,
-    FlashProgress,
-    run_flash_job,
-)
-from broker_agent.errors import FlashJobError
+from broker_agent.errors import FlashJobError, ProvisionFailure, ProvisionTimeout
 from broker_agent.logs import get_logger
-from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase, FlashStatus
+from broker_agent.provisioning.requester import ImageRequester
+from broker_agent.station.commands import JobRequest
+from broker_agent.station.flasher import FlashOutcome, FlashProgress, run_flash_job
+from firmware_contracts.codes import FlashErrorCode, FlashPhase, FlashStatus
 from firmware_contracts.partition_table import PartitionEntry
 from firmware_contracts.payloads import (
     ChipInfo,
@@ -43,7 +36,6 @@ from firmware_contracts.payloads import (
     FlashErrorDetail,
     FlashEvent,
     PartitionInfo,
-    utc_timestamp,
 )
 
 log = get_logger(__name__)
@@ -54,28 +46,6 @@ DEFAULT_EVENT_INTERVAL_S = 0.1
 """Byte progress goes out at most this often per job (phase changes always go out)."""
 
 _CANCEL_POLL_S = 0.02
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    """A flash command that passed validation and has a port."""
-
-    request_id: str
-    device_id: str
-    port: str
-    baud: int = 460800
-    after: FlashAfter = FlashAfter.NO_RESET
-    expected_mac: str | None = None
-    connect_attempts: int = 3
-
-    def spec(self) -> FlashJobSpec:
-        return FlashJobSpec(
-            port=self.port,
-            baud=self.baud,
-            after=self.after,
-            expected_mac=self.expected_mac,
-            connect_attempts=self.connect_attempts,
-        )
 
 
 @dataclass(frozen=True)
@@ -197,7 +167,7 @@ def run_job(
     outcome: FlashOutcome | None = None
     error: FlashJobError | None = None
     try:
-        outcome = run_flash_job(request.spec(), fetch_image, stream.on_progress, cancel)
+        outcome = run_flash_job(request, fetch_image, stream.on_progress, cancel)
     except FlashJobError as exc:
         error = exc
     except Exception as exc:
@@ -226,73 +196,6 @@ def run_job(
             log.exception("flash_job_record_failed", request_id=request.request_id)
     stream.finish(result)
     return result
-
-
-# -- the manufacturing log -------------------------------------------------------------------
-
-
-class ManufacturingLog:
-    """``<path>``: one JSON object per finished job, appended, fsync'd line by line.
-
-    Holds what a production record needs (who, which board, where, which image by MD5, how
-    it ended) and never the image or a credential. Each line is one ``write`` on an
-    ``O_APPEND`` descriptor, so a station and a ``flash`` command may share the file.
-    """
-
-    def __init__(self, path: Path, station_id: str) -> None:
-        self.path = path
-        self.station_id = station_id
-        self._lock = threading.Lock()
-
-    def record(self, result: JobResult) -> dict[str, Any]:
-        request, error, partition = result.request, result.error, result.partition
-        return {
-            "ts": utc_timestamp(),
-            "station_id": self.station_id,
-            "request_id": request.request_id,
-            "device_id": request.device_id,
-            "port": request.port,
-            "chip": result.chip_type,
-            "mac": result.mac,
-            "partition_offset": partition.offset if partition else None,
-            "partition_size": partition.size if partition else None,
-            "md5": result.outcome.md5 if result.outcome else None,
-            "result": "ok" if result.ok else "error",
-            "error_code": error.code.value if error else None,
-            "error_phase": error.phase.value if error else None,
-            "duration_s": result.duration_s,
-        }
-
-    def append(self, result: JobResult) -> None:
-        """Append the job's line; a failure is logged, never raised (the board is done)."""
-        line = json.dumps(self.record(result), separators=(",", ":")) + "\n"
-        try:
-            with self._lock:
-                self._append_line(line.encode("utf-8"))
-        except OSError as exc:
-            log.error(
-                "manufacturing_log_failed",
-                path=str(self.path),
-                request_id=result.request.request_id,
-                error=exc.strerror or str(exc),
-            )
-
-    def _append_line(self, data: bytes) -> None:
-        created = not self.path.exists()
-        if created:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if created:  # the new directory entry must survive a power cut too
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
 
 
 # -- threads -----------------------------------------------------------------------------------
@@ -367,3 +270,26 @@ def call_from_job_thread(
             raise FlashJobError(
                 FlashErrorCode.ABORTED, f"flash job cancelled while {phase.value}", phase
             ) from None
+
+
+async def fetch_image(requester: ImageRequester, request: JobRequest, partition_size: int) -> bytes:
+    """The agent's image for the job's device; raises ``FlashJobError`` (phase fetching_nvs).
+
+    No answer in time -> ``provisioning_timeout``; the agent's error -> ``provisioning_failed``
+    with the agent's error nested as ``cause``.
+    """
+    device_id = request.device_id
+    try:
+        image = await requester.request(device_id, partition_size, request.request_id)
+    except ProvisionTimeout as exc:
+        raise FlashJobError(
+            FlashErrorCode.PROVISIONING_TIMEOUT, exc.message, FlashPhase.FETCHING_NVS
+        ) from None
+    except ProvisionFailure as exc:
+        raise FlashJobError(
+            FlashErrorCode.PROVISIONING_FAILED,
+            f"the agent did not provide an NVS image for {device_id} ({exc.code.value})",
+            FlashPhase.FETCHING_NVS,
+            cause={"code": exc.code.value, "message": exc.message},
+        ) from None
+    return image.data

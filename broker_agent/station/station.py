@@ -20,48 +20,48 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from broker_agent import __version__
-from broker_agent.mqtt.client import (
+from broker_agent.errors import BrokerUnavailableError, FlashJobError, SetupError
+from broker_agent.logs import get_logger
+from broker_agent.mqtt import (
     Backoff,
     BrokerUrl,
-    Will,
-    make_client,
-    message_property,
+    Connection,
+    Message,
+    Presence,
+    Router,
+    make_connection,
     raise_if_cancelled,
-    response_properties,
     run_forever_connected,
-    wait_disconnected,
-)
-from broker_agent.station.ports import PortScan, port_key, scan_ports
-from broker_agent.errors import SetupError
-from broker_agent.logs import get_logger
-from broker_agent.station.commands import (
-    Rejected,
-    new_request_id,
-    parse_command,
-    response_topic_problem,
-    select_port,
-)
-from broker_agent.station.job import (
-    JobRequest,
-    JobResult,
-    JobThread,
-    ManufacturingLog,
-    call_from_job_thread,
-    post_to_loop,
-    run_job,
 )
 from broker_agent.provisioning.requester import ImageRequester
 from broker_agent.settings import StationSettings
 from broker_agent.simulator import BoardConfig, BoardServer, SimulatedBoard
+from broker_agent.station.commands import (
+    JobRequest,
+    new_request_id,
+    parse_command,
+    refused,
+    request_id_in,
+    response_topic_problem,
+    select_port,
+)
+from broker_agent.station.job import (
+    JobResult,
+    JobThread,
+    call_from_job_thread,
+    fetch_image,
+    post_to_loop,
+    run_job,
+)
+from broker_agent.station.manufacturing_log import ManufacturingLog
+from broker_agent.station.ports import PortScan, port_key, scan_ports
 from firmware_contracts.codes import FlashErrorCode, FlashPhase, FlashStatus, PresenceState
 from firmware_contracts.partition_table import PartitionEntry
 from firmware_contracts.payloads import (
@@ -72,7 +72,7 @@ from firmware_contracts.payloads import (
     PortInfo,
     StationStatus,
 )
-from firmware_contracts.topics import TOPICS, TopicKind, Topics
+from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
 
 log = get_logger(__name__)
 
@@ -121,10 +121,12 @@ class Station:
         self.simulated: list[BoardServer] = []
         self.jobs: dict[str, _Job] = {}  # running, by request_id
         self._scan = PortScan((), frozenset())
-        self._client: aiomqtt.Client | None = None
+        offline = StationStatus(state=PresenceState.OFFLINE, station_id=self.station_id)
+        spec = TOPICS[TopicKind.STATION_STATUS]
+        self.presence = Presence(self._status_topic, offline.to_json(), qos=spec.qos)
+        self._connection: Connection | None = None
         self._connected = asyncio.Event()
         self._status_dirty = asyncio.Event()
-        self._last_status: bytes | None = None
         self._job_group: asyncio.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -172,29 +174,51 @@ class Station:
             if job.thread is not None and not job.thread.join(remaining):
                 log.error("flash_job_thread_stuck", request_id=job.request.request_id)
 
-    def _connect(self) -> aiomqtt.Client:
-        offline = StationStatus(state=PresenceState.OFFLINE, station_id=self.station_id)
-        spec = TOPICS[TopicKind.STATION_STATUS]
-        will = Will(self._status_topic, offline.to_json(), retain=spec.retained, qos=spec.qos)
-        return make_client(
-            self.settings, self.broker_url, client_id=self.station_id, will=will, route=self._route
+    def _connect(self) -> Connection:
+        router = Router(
+            self.topics,
+            {
+                TopicKind.PROVISION_RESPONSE: self.requester.on_response,
+                TopicKind.FLASH_REQUEST: self._for_us(self._on_flash_request),
+                TopicKind.FLASH_CANCEL: self._for_us(self._on_flash_cancel),
+            },
         )
+        return make_connection(
+            self.settings,
+            self.broker_url,
+            client_id=self.station_id,
+            will=self.presence.will(),
+            route=router,
+        )
+
+    def _for_us(self, handler: Callable[[Message], None]) -> Callable[[TopicMatch, Message], None]:
+        def route(match: TopicMatch, message: Message) -> None:
+            if match.identifier == self.station_id:
+                handler(message)
+            else:
+                log.info("message_ignored", topic=message.topic[:200])
+
+        return route
 
     def _disconnected(self, error: Exception, delay: float) -> None:
         log.warning("broker_disconnected", error=str(error), retry_in_s=round(delay, 2))
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, connection: Connection) -> None:
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(wait_disconnected(client), name="mqtt-connection")
-                commands = SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=2)
-                await client.subscribe(self.topics.flash_request(self.station_id), options=commands)
-                await client.subscribe(self.topics.flash_cancel(self.station_id), options=commands)
-                await self.requester.attach(client)
-                self._client = client
+                group.create_task(connection.wait_disconnected(), name="mqtt-connection")
+                for topic in (
+                    self.topics.flash_request(self.station_id),
+                    self.topics.flash_cancel(self.station_id),
+                ):
+                    await connection.subscribe(
+                        topic, qos=1, retain_as_published=True, retain_handling=2
+                    )
+                await self.requester.attach(connection)
+                self._connection = connection
                 self._connected.set()
-                await self._publish_status(client, force=True)
-                group.create_task(self._publish_status_changes(client), name="station-status")
+                await self._publish_status(connection, force=True)
+                group.create_task(self._publish_status_changes(connection), name="station-status")
                 raise_if_cancelled()  # aiomqtt's wait_for may have swallowed a cancel
                 self.online.set()
                 log.info(
@@ -204,26 +228,22 @@ class Station:
                     ports=[port.port for port in self._ports()],
                 )
         except asyncio.CancelledError:
-            await self._shutdown(client)
+            await self._shutdown(connection)
             raise
         finally:
             self.online.clear()
             self._connected.clear()
-            self._client = None
+            self._connection = None
             self.requester.detach()
 
-    async def _shutdown(self, client: aiomqtt.Client) -> None:
+    async def _shutdown(self, connection: Connection) -> None:
         """Abort the jobs, publish their final events, then say offline."""
         tasks = [job.task for job in self.jobs.values() if job.task is not None]
         for job in self.jobs.values():
             job.cancel.set()
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
-        offline = StationStatus(state=PresenceState.OFFLINE, station_id=self.station_id)
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(
-                self._status_topic, offline.to_json(), qos=1, retain=True, timeout=2
-            )
+        await self.presence.withdraw(connection)
         log.info("station_offline", station_id=self.station_id)
 
     # -- ports and status ----------------------------------------------------------------
@@ -257,24 +277,20 @@ class Station:
     def _status_changed(self) -> None:
         self._status_dirty.set()
 
-    async def _publish_status(self, client: aiomqtt.Client, *, force: bool = False) -> None:
+    async def _publish_status(self, connection: Connection, *, force: bool = False) -> None:
         status = StationStatus(
             state=PresenceState.ONLINE,
             station_id=self.station_id,
             ports=self._ports(),
             version=__version__,
         )
-        payload = status.to_json()
-        if payload == self._last_status and not force:
-            return
-        self._last_status = payload
-        await client.publish(self._status_topic, payload, qos=1, retain=True)
+        await self.presence.announce(connection, status.to_json(), force=force)
 
-    async def _publish_status_changes(self, client: aiomqtt.Client) -> None:
+    async def _publish_status_changes(self, connection: Connection) -> None:
         while True:
             await self._status_dirty.wait()
             self._status_dirty.clear()
-            await self._publish_status(client)
+            await self._publish_status(connection)
             raise_if_cancelled()
 
     async def _watch_ports(self) -> None:
@@ -292,47 +308,28 @@ class Station:
 
     # -- incoming messages (sync, on the loop) -------------------------------------------
 
-    def _route(self, message: aiomqtt.Message) -> bool:
-        topic = message.topic.value
-        match = self.topics.parse(topic)
-        try:
-            if match is None:
-                log.info("message_ignored", topic=topic[:200])
-            elif match.kind is TopicKind.PROVISION_RESPONSE:
-                self.requester.on_response(match, message)
-            elif match.identifier != self.station_id:
-                log.info("message_ignored", topic=topic[:200])
-            elif match.kind is TopicKind.FLASH_REQUEST:
-                self._on_flash_request(message)
-            elif match.kind is TopicKind.FLASH_CANCEL:
-                self._on_flash_cancel(message)
-            else:
-                log.info("message_ignored", topic=topic[:200])
-        except Exception:  # the one place that keeps the station alive
-            log.exception("message_handler_failed", topic=topic[:200])
-        return True
-
-    def _on_flash_request(self, message: aiomqtt.Message) -> None:
-        payload = message.payload if isinstance(message.payload, bytes) else b""
+    def _on_flash_request(self, message: Message) -> None:
+        payload = message.payload
         if message.retain and not payload:
             return  # our own clearing of a retained command, echoed back
-        correlation = message_property(message, "CorrelationData")
-        response_topic = message_property(message, "ResponseTopic")
+        correlation = message.correlation_data
+        response_topic = message.response_topic
         problem = response_topic_problem(self.topics, self.station_id, response_topic)
         reply_to = None if problem is not None else response_topic
         try:
             if message.retain:  # live and retained: refuse it, and clear it so nobody runs it
-                self._spawn(self._clear_retained_command(message.topic.value), "clear-command")
-                raise Rejected(
+                self._spawn(self._clear_retained_command(message.topic), "clear-command")
+                raise refused(
                     FlashErrorCode.INVALID_REQUEST,
                     "a flash command must not be retained (it was cleared)",
+                    request_id_in(payload),
                 )
             command = parse_command(payload)
             request_id = command.request_id or new_request_id()
             if problem is not None:
-                raise Rejected(FlashErrorCode.INVALID_REQUEST, problem, request_id)
+                raise refused(FlashErrorCode.INVALID_REQUEST, problem, request_id)
             self._accept(command, request_id, reply_to, correlation)
-        except Rejected as rejection:
+        except FlashJobError as rejection:
             self._reject(rejection, reply_to, correlation)
 
     def _select_port(self, requested: str | None) -> str:
@@ -353,13 +350,13 @@ class Station:
             key = port_key(port)
             holder = self._busy().get(key)
             if holder is not None:
-                raise Rejected(FlashErrorCode.PORT_BUSY, f"port {port} is busy with job {holder}")
+                raise refused(FlashErrorCode.PORT_BUSY, f"port {port} is busy with job {holder}")
             if request_id in self.jobs:
-                raise Rejected(
+                raise refused(
                     FlashErrorCode.INVALID_REQUEST,
                     f"a job with request_id {request_id} is already running",
                 )
-        except Rejected as rejection:
+        except FlashJobError as rejection:
             rejection.request_id = request_id
             rejection.device_id, rejection.port = command.device_id, command.port
             raise
@@ -381,7 +378,9 @@ class Station:
         job.thread = JobThread(f"flash-job-{port}", lambda: self._run_blocking(job))
         job.task = self._spawn(self._run_job(job), f"flash-job-{request_id}")
 
-    def _reject(self, rejection: Rejected, topic: str | None, correlation: bytes | None) -> None:
+    def _reject(
+        self, rejection: FlashJobError, topic: str | None, correlation: bytes | None
+    ) -> None:
         request_id = rejection.request_id or new_request_id()
         log.warning(
             "flash_request_rejected",
@@ -401,8 +400,8 @@ class Station:
         target = topic or self.topics.flash_response(self.station_id)
         self._spawn(self._publish_event(target, correlation, event), "flash-rejection")
 
-    def _on_flash_cancel(self, message: aiomqtt.Message) -> None:
-        payload = message.payload if isinstance(message.payload, bytes) else b""
+    def _on_flash_cancel(self, message: Message) -> None:
+        payload = message.payload
         try:
             request_id = FlashCancel.model_validate_json(payload).request_id
         except ValidationError:
@@ -430,13 +429,13 @@ class Station:
         assert loop is not None
         request = job.request
 
-        def fetch_image(partition: PartitionEntry) -> bytes:
-            fetch = self.requester.fetch(request.device_id, request.request_id, partition.size)
-            return call_from_job_thread(loop, fetch, job.cancel, FlashPhase.FETCHING_NVS)
+        def fetch(partition: PartitionEntry) -> bytes:
+            coroutine = fetch_image(self.requester, request, partition.size)
+            return call_from_job_thread(loop, coroutine, job.cancel, FlashPhase.FETCHING_NVS)
 
         return run_job(
             request,
-            fetch_image,
+            fetch,
             lambda event: post_to_loop(loop, job.outbox.put_nowait, event),
             job.cancel,
             record=self.manufacturing_log.append,
@@ -483,32 +482,32 @@ class Station:
         payload = event.to_json()
         spec = TOPICS[TopicKind.FLASH_RESPONSE]
         while True:
-            client = self._client
-            if client is None:
+            connection = self._connection
+            if connection is None:
                 if not final:
                     return
                 await self._connected.wait()
                 continue
             try:
-                await client.publish(
+                await connection.publish(
                     topic,
                     payload,
                     qos=spec.qos,
                     retain=spec.retained,
-                    properties=response_properties(correlation),
+                    correlation_data=correlation,
                 )
                 return
-            except aiomqtt.MqttError as exc:
+            except BrokerUnavailableError as exc:
                 if not final:
                     return
                 log.warning("flash_event_unsent", request_id=event.request_id, error=str(exc))
                 await asyncio.sleep(0.1)
 
     async def _clear_retained_command(self, topic: str) -> None:
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(topic, b"", qos=1, retain=True)
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(BrokerUnavailableError):
+                await connection.publish(topic, b"", qos=1, retain=True)
 
 
 async def run_station(settings: StationSettings) -> None:

@@ -33,11 +33,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
-from broker_agent.provisioning.credentials import CredentialStore
-from broker_agent.broker.process import free_port
-from broker_agent.mqtt.client import make_client
 from broker_agent.broker.auth_sync import BrokerAuthSettings, BrokerAuthSync
-from broker_agent.commands.provision import request_image
+from broker_agent.broker.process import free_port
+from broker_agent.commands.provision import request_image_online
+from broker_agent.provisioning.credentials import CredentialStore
 from broker_agent.settings import MqttSettings
 from firmware_contracts.topics import Topics
 from tests.support.agent import agent_settings, running_agent
@@ -108,21 +107,22 @@ class SecureBroker:
     def client(
         self, user: str | None, password: str | None = None, *, tls: bool = False, **kw: Any
     ) -> aiomqtt.Client:
-        """A v5 client on the plain loopback listener, or on the TLS one via ``make_client``."""
-        if tls:
-            assert user is not None
-            url = f"mqtts://localhost:{self.tls_port}"
-            kw.setdefault("client_id", f"{user}-{secrets.token_hex(3)}")
-            return make_client(self.settings(user, password), url, **kw)
+        """A v5 client on the plain loopback listener, or on the TLS one (our CA)."""
         if user is not None and password is None:
             password = self.passwords[user]
+        identifier = kw.pop("client_id", None) or kw.pop("identifier", None)
+        host, port, tls_context = "127.0.0.1", self.plain_port, None
+        if tls:
+            host, port = "localhost", self.tls_port
+            tls_context = ssl.create_default_context(cafile=str(self.certs.ca_cert))
         return aiomqtt.Client(
-            "127.0.0.1",
-            self.plain_port,
+            host,
+            port,
             username=user,
             password=password,
-            identifier=kw.pop("identifier", f"{user}-{secrets.token_hex(3)}"),
+            identifier=identifier or f"{user}-{secrets.token_hex(3)}",
             protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=tls_context,
             **kw,
         )
 
@@ -594,16 +594,13 @@ def test_agent_end_to_end_over_tls(secure_broker: SecureBroker) -> None:
         try:
             async with running_agent(settings):
                 dev_a = await config_of(b.client("dev-a", tls=True, client_id="dev-a"), "dev-a")
-                station = b.client("station-1", tls=True, client_id="station-1")
-                async with station:
-                    image = await request_image(
-                        station,
-                        TOPICS,
-                        "dev-new",
-                        0x3000,
-                        timeout=10,
-                        response_suffix="station-1/job-1",
-                    )
+                image = await request_image_online(
+                    b.settings("station-1"),
+                    f"mqtts://localhost:{b.tls_port}",
+                    "dev-new",
+                    0x3000,
+                    timeout=10,
+                )
                 prov = parse_nvs(image.data).strings("prov")
                 key, secret = prov["device_key"], prov["client_secret"]
                 deadline = time.monotonic() + 10

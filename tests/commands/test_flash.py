@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from broker_agent.broker.process import free_port
-from broker_agent.station.ports import scan_ports
 from broker_agent.simulator import BoardConfig, BoardServer, SimulatedBoard
+from broker_agent.station.ports import scan_ports
 from tests.conftest import PROJECT, Broker
 from tests.support.agent import agent_settings, running_agent
 from tests.support.nvs_parser import parse_nvs

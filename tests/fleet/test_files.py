@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker_agent.fleet.files import FleetSchema, is_candidate, load_config
 from broker_agent.errors import ConfigFileError
+from broker_agent.fleet.files import FleetSchema, is_candidate, load_config
 from firmware_contracts.codes import ConfigErrorCode
 from firmware_contracts.payloads import ConfigEnvelope, canonical_config, config_sha256
 

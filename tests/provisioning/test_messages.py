@@ -12,18 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from broker_agent.errors import ProvisionFailure
+from broker_agent.mqtt.properties import paho_publish_properties, publish_properties
 from broker_agent.provisioning.messages import (
     MAX_REQUEST_BYTES,
-    RequestRejected,
     build_image,
     error_response,
     ok_response,
     parse_request,
     parse_response,
 )
-from broker_agent.mqtt.client import response_properties
-from broker_agent.errors import ProvisionFailure
-from broker_agent.provisioning.responder import _reply_properties
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.identifiers import is_request_id
 from firmware_contracts.nvs import NVS_NAMESPACE, partition_size_error
@@ -44,8 +42,8 @@ INVALID = ProvisionErrorCode.INVALID_REQUEST
 SIZE = ProvisionErrorCode.INVALID_PARTITION_SIZE
 
 
-def rejected(payload: bytes) -> RequestRejected:
-    with pytest.raises(RequestRejected) as info:
+def rejected(payload: bytes) -> ProvisionFailure:
+    with pytest.raises(ProvisionFailure) as info:
         parse_request(payload)
     return info.value
 
@@ -160,7 +158,7 @@ def test_parse_request_agrees_with_the_contract_model(document: dict[str, Any]) 
         model = None
     try:
         parsed = parse_request(payload)
-    except RequestRejected as exc:
+    except ProvisionFailure as exc:
         assert is_request_id(exc.request_id)
         if is_request_id(document.get("request_id")):
             assert document["request_id"] == exc.request_id
@@ -256,8 +254,20 @@ def test_request_size_limit_is_generous_for_real_requests() -> None:
 def test_reply_properties_pack_like_paho_builds_them_and_are_never_shared(
     correlation: bytes | None,
 ) -> None:
-    fast = _reply_properties(correlation)
-    built = response_properties(correlation, PROVISION_RESPONSE_EXPIRY_S)
+    fast = publish_properties(correlation_data=correlation, expiry_s=PROVISION_RESPONSE_EXPIRY_S)
+    built = paho_publish_properties(
+        correlation_data=correlation, expiry_s=PROVISION_RESPONSE_EXPIRY_S
+    )
+    assert fast is not None
     assert built.pack() == fast.pack()  # type: ignore[no-untyped-call]
-    assert fast is not _reply_properties(correlation)
+    assert fast is not publish_properties(correlation_data=correlation, expiry_s=60)
     assert 60 == fast.MessageExpiryInterval  # type: ignore[attr-defined]
+
+
+def test_request_properties_pack_like_paho_builds_them() -> None:
+    fast = publish_properties(response_topic="iot/provision/a/response/x", correlation_data=b"c")
+    built = paho_publish_properties(
+        response_topic="iot/provision/a/response/x", correlation_data=b"c"
+    )
+    assert fast is not None
+    assert built.pack() == fast.pack()  # type: ignore[no-untyped-call]

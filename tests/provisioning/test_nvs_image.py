@@ -16,7 +16,11 @@ from esp_idf_nvs_partition_gen import nvs_partition_gen as nvs_gen
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from broker_agent.provisioning.nvs_image import NvsImageError, build_nvs_image, required_partition_size
+from broker_agent.provisioning.nvs_image import (
+    NvsImageError,
+    build_nvs_image,
+    required_partition_size,
+)
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.nvs import (
     MAX_PARTITION_SIZE,

@@ -28,16 +28,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker_agent import cli
-from broker_agent.provisioning.messages import ProvisionedImage
 from broker_agent.broker.process import free_port
 from broker_agent.errors import ProvisionFailure
-from broker_agent.commands.provision import ProvisionRequester
+from broker_agent.mqtt import Router, make_connection
+from broker_agent.provisioning.messages import ProvisionedImage
+from broker_agent.provisioning.requester import ImageRequester
 from broker_agent.settings import AgentSettings
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.identifiers import is_request_id
 from firmware_contracts.nvs import NVS_NAMESPACE
 from firmware_contracts.payloads import AgentEvent, ProvisionError, ProvisionOk
-from firmware_contracts.topics import Topics
+from firmware_contracts.topics import TopicKind, Topics
 from tests.conftest import PROJECT, Broker
 from tests.support.agent import agent_settings, running_agent
 from tests.support.mqtt import client_for, observe, retained_snapshot, v5_properties
@@ -670,28 +671,28 @@ def test_provision_requester_serves_concurrent_requests_on_one_routed_client(fle
     """The flash station's way: its own router hands messages to the requester."""
 
     async def scenario() -> list[ProvisionedImage | BaseException]:
-        async with running_agent(fleet.settings()), client_for(fleet.broker.url) as client:
-            requester = ProvisionRequester(client, TOPICS)
+        settings = fleet.settings()
+        async with running_agent(settings):
+            requester = ImageRequester(TOPICS, "station-1", 5)
             declined: list[str] = []
-
-            async def route() -> None:
-                async for message in client.messages:
-                    if not requester.on_message(message):
-                        declined.append(message.topic.value)
-
-            router = asyncio.create_task(route())
-            try:
-                return await asyncio.gather(
-                    requester.request("kitchen-01", 0x5000, timeout=5),
-                    requester.request(
-                        "garage-door", 0x3000, timeout=5, response_suffix="station-1/job-7"
-                    ),
-                    requester.request("nobody", 0x5000, timeout=5),
+            router = Router(
+                TOPICS,
+                {TopicKind.PROVISION_RESPONSE: requester.on_response},
+                unmatched=lambda message: declined.append(message.topic),
+            )
+            connection = make_connection(
+                settings, fleet.broker.url, client_id="requester", route=router
+            )
+            async with connection:
+                await requester.attach(connection)
+                results = await asyncio.gather(
+                    requester.request("kitchen-01", 0x5000),
+                    requester.request("garage-door", 0x3000, "job-7"),
+                    requester.request("nobody", 0x5000),
                     return_exceptions=True,
                 )
-            finally:
-                router.cancel()
-                assert [] == declined
+            assert [] == declined
+            return results
 
     kitchen, garage, nobody = asyncio.run(scenario())
     assert isinstance(kitchen, ProvisionedImage) and isinstance(garage, ProvisionedImage)

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from esp_pylib.logger import log
 
+from broker_agent.simulator import BoardConfig, BoardServer, Fault, SimulatedBoard
+from broker_agent.station.commands import JobRequest
 from broker_agent.station.esptool_log import JobLogBinding, bound_to, install
 from broker_agent.station.flasher import (
     PHASE_RANGES,
     FlashJobError,
-    FlashJobSpec,
     FlashProgress,
     run_flash_job,
 )
-from broker_agent.simulator import BoardConfig, BoardServer, Fault, SimulatedBoard
 from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase
 from firmware_contracts.partition_table import PartitionEntry
 
@@ -84,7 +84,7 @@ def flash(
         written.append(fetch(partition))
         return written[-1]
 
-    job = FlashJobSpec(port=url, **spec)
+    job = JobRequest("job-1", "kitchen-01", port=url, **spec)
     run_flash_job(job, fetch_and_keep, recorder, cancel or threading.Event())
     return written[0], recorder
 
@@ -120,7 +120,9 @@ def test_outcome_names_chip_partition_and_md5(server: BoardServer) -> None:
     image = b"\x5a" * 0x5000
 
     outcome = run_flash_job(
-        FlashJobSpec(port=server.url, baud=115200, expected_mac="24-0A-C4-12-34-56"),
+        JobRequest(
+            "job-1", "kitchen-01", port=server.url, baud=115200, expected_mac="24-0A-C4-12-34-56"
+        ),
         lambda partition: image,
         Recorder(),
         threading.Event(),

@@ -24,12 +24,13 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from broker_agent.station.flasher import FlashProgress
-from broker_agent.station.ports import is_candidate, scan_entries
-from broker_agent.station.job import JobEventStream, JobRequest
-from broker_agent.station.station import Station
 from broker_agent.settings import StationSettings
 from broker_agent.simulator import BoardConfig, BoardServer, Fault, SimulatedBoard
+from broker_agent.station.commands import JobRequest
+from broker_agent.station.flasher import FlashProgress
+from broker_agent.station.job import JobEventStream
+from broker_agent.station.ports import is_candidate, scan_entries
+from broker_agent.station.station import Station
 from firmware_contracts.codes import FlashPhase
 from firmware_contracts.payloads import FlashEvent
 from firmware_contracts.topics import Topics

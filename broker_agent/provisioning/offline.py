@@ -1,0 +1,26 @@
+"""The image an agent would answer with, built locally from the secrets directory (no broker).
+
+``broker-agent provision --offline`` and ``broker-agent flash --offline`` use it; it follows the
+agent's rules, credential issuing included when ``issue_credentials`` is on.
+"""
+
+from __future__ import annotations
+
+from broker_agent.errors import ProvisionFailure
+from broker_agent.provisioning.credentials import CredentialStore
+from broker_agent.provisioning.messages import ProvisionedImage, build_image
+from broker_agent.settings import AgentSettings
+from firmware_contracts.codes import ProvisionErrorCode
+from firmware_contracts.nvs import partition_size_error
+
+
+def build_offline_image(
+    settings: AgentSettings, device_id: str, partition_size: int
+) -> ProvisionedImage:
+    problem = partition_size_error(partition_size)
+    if problem is not None:
+        raise ProvisionFailure(ProvisionErrorCode.INVALID_PARTITION_SIZE, problem)
+    store = CredentialStore(
+        settings.secrets_dir, settings.config_dir, issue=settings.issue_credentials
+    )
+    return build_image(device_id, store.values_for(device_id), partition_size)
