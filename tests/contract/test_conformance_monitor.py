@@ -26,11 +26,55 @@ ENVELOPE = {
     "config": CONFIG,
 }
 SHA = config_sha256(CONFIG)
+TS = "2026-11-25T19:21:46Z"
+FLEET = {
+    "devices": 3,
+    "in_sync": 1,
+    "failed": 0,
+    "pending": 1,
+    "stale": 0,
+    "never_applied": 1,
+    "unmanaged": 2,
+    "online": 2,
+    "offline": 0,
+    "unknown": 1,
+    "ts": TS,
+}
 
 GOOD: list[tuple[str, Any, bool]] = [
     ("iot/devices/kitchen-01/config", ENVELOPE, True),
     ("iot/devices/kitchen-01/config", b"", True),  # a deleted config: zero-length retained clear
-    ("iot/devices/kitchen-01/config/applied", {"sha256": SHA, "ok": True, "error": None}, False),
+    ("iot/devices/kitchen-01/config/applied", {"sha256": SHA, "ok": True, "error": None}, True),
+    (
+        "iot/devices/kitchen-01/config/applied",
+        {"sha256": SHA, "ok": False, "error": {"code": "range", "message": "too low"}, "ts": TS},
+        True,
+    ),
+    ("iot/devices/kitchen-01/config/applied", b"", True),  # cleared when the config is deleted
+    (
+        "iot/devices/kitchen-01/status",
+        {"state": "online", "fw_version": "1.4.2", "rssi": -61},
+        True,
+    ),
+    ("iot/devices/kitchen-01/status", {"state": "offline"}, True),  # the will
+    ("iot/devices/kitchen-01/config/set", {"request_id": "w-1", "merge": {"a": None}}, False),
+    ("iot/devices/kitchen-01/config/set", {"delete": True, "if_sha256": None}, False),
+    (
+        "iot/devices/kitchen-01/config/set/response/console/7",
+        {"request_id": "w-1", "status": "ok", "device_id": "kitchen-01", "sha256": None},
+        False,
+    ),
+    (
+        "iot/devices/kitchen-01/config/set/response",
+        {
+            "request_id": "w-1",
+            "status": "error",
+            "device_id": "kitchen-01",
+            "error": {"code": "conflict", "message": f"the current sha256 is {SHA}"},
+        },
+        False,
+    ),
+    ("iot/agents/agent-1/fleet", FLEET, True),
     ("iot/agents/agent-1/status", {"state": "online", "agent_id": "agent-1", "devices": 1}, True),
     (
         "iot/agents/agent-1/events",
@@ -77,7 +121,32 @@ BAD: list[tuple[str, Any, bool, str]] = [
     ("iot/devices/kitchen-01/config", ENVELOPE, False, "must be retained"),
     ("iot/devices/kitchen-01/config", b"", False, "zero-length"),
     ("iot/devices/Kitchen-01/config", ENVELOPE, True, "not a valid device_id"),
-    ("iot/devices/kitchen-01/config/applied", {"sha256": SHA, "ok": "yes"}, False, "ok: 'yes'"),
+    ("iot/devices/kitchen-01/config/applied", {"sha256": SHA, "ok": "yes"}, True, "ok: 'yes'"),
+    (
+        "iot/devices/kitchen-01/config/applied",
+        {"sha256": SHA, "ok": True, "error": None},
+        False,
+        "must be retained",  # v1.1: the ack is retained
+    ),
+    ("iot/devices/kitchen-01/status", {"state": "online"}, False, "must be retained"),
+    ("iot/devices/kitchen-01/status", {"fw_version": "1.4.2"}, True, "'state' is a required"),
+    ("iot/devices/kitchen-01/config/set", {"config": {}, "merge": {}}, False, "config_set_request"),
+    ("iot/devices/kitchen-01/config/set", {"config": {}}, True, "must not be retained"),
+    ("iot/devices/kitchen-01/config/set", b'{"config": {"gain": NaN}}', False, "NaN is not JSON"),
+    (
+        "iot/devices/kitchen-01/config/set/response",
+        {"request_id": "w-1", "status": "ok", "device_id": "hall-02", "sha256": SHA},
+        False,
+        "does not match",
+    ),
+    (
+        "iot/devices/kitchen-01/config/set/response",
+        {"request_id": "w-1", "status": "ok", "device_id": "kitchen-01"},
+        False,
+        "config_set_ok: (root): 'sha256' is a required property",
+    ),
+    ("iot/agents/agent-1/fleet", {**FLEET, "devices": 4}, True, "counts do not add up"),
+    ("iot/agents/agent-1/fleet", FLEET, False, "must be retained"),
     ("iot/agents/agent-1/status", {"state": "sleeping", "agent_id": "agent-1"}, True, "state:"),
     ("iot/provision/kitchen-01/request", {"partition_size": 20480}, True, "must not be retained"),
     ("iot/provision/kitchen-01/request", b"{not json", False, "not UTF-8 JSON"),

@@ -8,15 +8,20 @@
   is anything under the root that is not shaped like a contract topic;
 - the retain flag against the topic's definition (a zero-length retained message, which clears
   retained state, is always allowed);
-- the payload: a UTF-8 JSON object valid against the generated JSON Schema of that topic
-  (provisioning responses by ``"status"``), plus the cross-checks a schema cannot express:
-  the id inside the payload matches the topic, and a config's ``sha256`` is the hash of its
-  canonical config.
+- the payload: a JSON object under the contract's strict JSON rules (``loads_strict``: UTF-8,
+  no NaN, no lone surrogates...) valid against the generated JSON Schema of that topic
+  (provisioning and config/set responses by ``"status"``), plus the cross-checks a schema
+  cannot express: the id inside the payload matches the topic (where the payload has one), a
+  config's ``sha256`` is the hash of its canonical config, and a fleet summary's counts add up.
 
 Problems are collected, never raised, in ``violations`` (``"<topic>: <reason>"``);
 ``records`` keeps the same with the topic's publisher role (``agent``, ``station``, ``device``,
 ``operator``), so a test that deliberately sends a malformed request can still demand that the
 agent's and the stations' output is clean: ``monitor.violations_from("agent", "station")``.
+The roles come from the topic table: a device publishes its ``status`` and ``config/applied``,
+an operator ``config/set`` and flash commands, the agent ``config/set/response`` and ``fleet``.
+(A zero-length retained clear is allowed on any retained topic, whoever sends it: the agent
+clears a deleted device's ``config/applied``.)
 """
 
 from __future__ import annotations
@@ -40,17 +45,32 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from firmware_contracts import codegen
 from firmware_contracts.identifiers import is_identifier
+from firmware_contracts.json_rules import StrictJsonError, loads_strict
 from firmware_contracts.payloads import config_sha256
 from firmware_contracts.topics import TOPICS, TopicKind, TopicSpec, check_root
 
-RESPONSE_KINDS = frozenset({TopicKind.PROVISION_RESPONSE, TopicKind.FLASH_RESPONSE})
+# Topics that may be used below their template: the contract's response topics, and a flash
+# job's events (a station honours a v5 Response Topic below its own, docs/contract.md).
+RESPONSE_KINDS = frozenset(
+    {kind for kind, spec in TOPICS.items() if spec.below_allowed} | {TopicKind.FLASH_RESPONSE}
+)
 IGNORED_KINDS = frozenset({TopicKind.AGENT_SYNC})
+# The payload field that repeats the topic's id. None on config/applied, device status,
+# config/set requests and the fleet summary: those payloads carry no id.
 _ID_FIELDS = {
     TopicKind.DEVICE_CONFIG: "device_id",
     TopicKind.AGENT_STATUS: "agent_id",
     TopicKind.STATION_STATUS: "station_id",
     TopicKind.PROVISION_RESPONSE: "device_id",
+    TopicKind.CONFIG_SET_RESPONSE: "device_id",
 }
+# Answers whose schema depends on their "status": (ok schema, error schema).
+_BY_STATUS = {
+    TopicKind.PROVISION_RESPONSE: ("provision_ok", "provision_error"),
+    TopicKind.CONFIG_SET_RESPONSE: ("config_set_ok", "config_set_error"),
+}
+_FLEET_STATES = ("in_sync", "failed", "pending", "stale", "never_applied")
+_PRESENCES = ("online", "offline", "unknown")
 
 
 @dataclass(frozen=True)
@@ -116,15 +136,15 @@ def check_message(root: str, topic: str, payload: bytes, retain: bool) -> list[V
     if retain != spec.retained:
         return violation("must be retained" if spec.retained else "must not be retained")
     try:
-        document: Any = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return violation(f"not UTF-8 JSON: {exc}")
+        document: Any = loads_strict(payload)
+    except StrictJsonError as exc:
+        return violation(f"not UTF-8 JSON: {exc.message}")
     if not isinstance(document, dict):
         return violation(f"not a JSON object: {type(document).__name__}")
-    stems = codegen.TOPIC_SCHEMAS[spec.kind]
-    stem = stems[0]
-    if spec.kind is TopicKind.PROVISION_RESPONSE:
-        stem = "provision_ok" if document.get("status") == "ok" else "provision_error"
+    stem = codegen.TOPIC_SCHEMAS[spec.kind][0]
+    if spec.kind in _BY_STATUS:
+        ok_stem, error_stem = _BY_STATUS[spec.kind]
+        stem = ok_stem if document.get("status") == "ok" else error_stem
     problems = [f"{stem}: {error}" for error in schema_errors(stem, document)]
     problems += _cross_checks(spec.kind, found.identifier, document)
     return [Violation(topic, problem, spec.publisher) for problem in problems]
@@ -139,6 +159,17 @@ def _cross_checks(kind: TopicKind, identifier: str, document: dict[str, Any]) ->
         expected = config_sha256(document["config"])
         if document.get("sha256") != expected:
             problems.append(f"sha256 is not the canonical config's hash ({expected})")
+    if kind is TopicKind.AGENT_FLEET:
+        names = ("devices", *_FLEET_STATES, *_PRESENCES)
+        counts = {n: value for n in names if isinstance(value := document.get(n), int)}
+        if len(counts) == len(names):  # else the schema has already said what is wrong
+            states = sum(counts[name] for name in _FLEET_STATES)
+            presence = sum(counts[name] for name in _PRESENCES)
+            if states != counts["devices"] or presence != counts["devices"]:
+                problems.append(
+                    f"counts do not add up: devices={counts['devices']}, "
+                    f"config states {states}, presence {presence}"
+                )
     return problems
 
 
