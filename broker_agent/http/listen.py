@@ -43,6 +43,8 @@ def parse_listen(value: str) -> ListenAddress | None:
     text = value.strip()
     if not text:
         return None
+    if "://" in text:
+        _refuse(value, "a URL; give host:port without a scheme")
     if text.startswith("["):
         host, sep, port_text = text[1:].partition("]:")
         if not sep:
