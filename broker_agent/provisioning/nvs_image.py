@@ -41,6 +41,9 @@ from firmware_contracts.nvs import (
 
 __all__ = ["NvsImageError", "build_nvs_image", "required_partition_size"]
 
+NVS_ENCRYPTION_KEY_BYTES = 64
+"""An NVS XTS key pair: 32 bytes of data-encryption key, then 32 of tweak key."""
+
 _SHOWN_KEY_CHARS = 32
 """An unknown key name is shown in an error up to this length."""
 
@@ -54,12 +57,18 @@ class NvsImageError(ProvisionFailure):
         return f"NvsImageError(code={self.code.value!r}, message={self.message!r})"
 
 
-def build_nvs_image(values: Mapping[str, str], size: int) -> bytes:
+def build_nvs_image(
+    values: Mapping[str, str], size: int, *, encryption_key: bytes | None = None
+) -> bytes:
     """Return an NVS v2 image of exactly ``size`` bytes holding ``values`` in namespace ``prov``.
 
     ``values`` maps contract key names to strings; the required keys must be present, optional
     keys that are absent are not written. Entries are written in the contract's table order, so
     the same input always gives the same bytes.
+
+    With ``encryption_key`` (the 64-byte XTS key pair of the device's ``nvs_keys`` partition),
+    every entry is encrypted by Espressif's writer with AES-256-XTS, the entry's offset in the
+    partition as the tweak, as ``nvs_flash_secure_init`` expects; page headers stay plain.
 
     Raises ``NvsImageError``: ``invalid_partition_size`` when ``size`` breaks the contract's
     rules or is too small for the entries, ``credentials_unavailable`` when a key or value is
@@ -76,7 +85,12 @@ def build_nvs_image(values: Mapping[str, str], size: int) -> bytes:
             f"partition_size {size} is too small for the provisioning entries:"
             f" at least {needed} bytes are needed",
         )
-    image = _write_image(encoded, size)
+    if encryption_key is not None and len(encryption_key) != NVS_ENCRYPTION_KEY_BYTES:
+        raise NvsImageError(
+            ProvisionErrorCode.INTERNAL_ERROR,
+            f"an NVS encryption key is {NVS_ENCRYPTION_KEY_BYTES} bytes",
+        )
+    image = _write_image(encoded, size, encryption_key)
     if len(image) != size:
         raise NvsImageError(
             ProvisionErrorCode.INTERNAL_ERROR,
@@ -170,11 +184,20 @@ def _required_size(string_lengths: Iterable[int]) -> int:
     return max(3, pages + 1) * NVS_PAGE_SIZE
 
 
-def _write_image(encoded: Mapping[str, bytes], size: int) -> bytes:
+def _write_image(
+    encoded: Mapping[str, bytes], size: int, encryption_key: bytes | None = None
+) -> bytes:
     """Write the validated entries with the library's in-memory writer (never prints or exits)."""
     output = io.BytesIO()
-    # input_size excludes the reserved page; the writer adds it when closing.
-    nvs = nvs_partition_gen.nvs_open(output, size - NVS_PAGE_SIZE, nvs_partition_gen.Page.VERSION2)
+    # input_size excludes the reserved page; the writer adds it when closing. A 64-byte key
+    # is used as raw bytes (anything else would be taken for hex text).
+    nvs = nvs_partition_gen.nvs_open(
+        output,
+        size - NVS_PAGE_SIZE,
+        nvs_partition_gen.Page.VERSION2,
+        is_encrypt=encryption_key is not None,
+        key=encryption_key,
+    )
     try:
         nvs_partition_gen.write_entry(nvs, NVS_NAMESPACE, "namespace", "", "")
         for key, data in encoded.items():

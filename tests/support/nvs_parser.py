@@ -386,3 +386,32 @@ def _assemble_blob(
     if len(blob) != size:
         raise NvsParseError(f"{where}: blob chunks hold {len(blob)} bytes, index says {size}")
     return blob
+
+
+def decrypt_nvs(image: bytes, key: bytes) -> bytes:
+    """The plaintext of an encrypted NVS image, decrypted here with ``key`` (64 bytes).
+
+    Written from ESP-IDF's description of NVS encryption, independently of the generator:
+    each written (or erased) 32-byte entry is AES-256-XTS encrypted with the XTS key pair
+    ``key`` and, as tweak, the entry's byte offset in the partition (16 bytes, little-endian);
+    page headers, bitmaps and empty entries stay as they are.
+    """
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    if len(key) != 64:
+        raise ValueError("an NVS XTS key pair is 64 bytes")
+    out = bytearray(image)
+    for page_start in range(0, len(image), PAGE_SIZE):
+        page = image[page_start : page_start + PAGE_SIZE]
+        if struct.unpack_from("<I", page, 0)[0] == STATE_EMPTY:
+            continue
+        bitmap = page[HEADER_SIZE : HEADER_SIZE + BITMAP_SIZE]
+        for entry in range(ENTRIES_PER_PAGE):
+            if (bitmap[entry // 4] >> ((entry % 4) * 2)) & 0b11 == ENTRY_EMPTY:
+                continue
+            offset = page_start + FIRST_ENTRY_OFFSET + entry * ENTRY_SIZE
+            tweak = offset.to_bytes(16, "little")
+            decryptor = Cipher(algorithms.AES(key), modes.XTS(tweak)).decryptor()
+            plain = decryptor.update(image[offset : offset + ENTRY_SIZE]) + decryptor.finalize()
+            out[offset : offset + ENTRY_SIZE] = plain
+    return bytes(out)
