@@ -3,7 +3,8 @@
     secrets dir (+ service accounts file) --watch--> passwd + acl (atomic, 0640) --SIGHUP--> broker
 
 ``BrokerAuthSync.run()`` renders both files at start and again after every change in the
-secrets directory (and in the config directory, whose device ids are checked for collisions),
+secrets directory (read through ``provisioning.secrets.SecretsReader``, the reader provisioning
+uses, so a device gets a broker account only when its secrets file passes the same rules),
 rewrites a file only when its text changed, and then sends SIGHUP to the broker, which re-reads
 both files without dropping anyone. Credentials issued at provisioning time are written into
 ``<secrets_dir>/<device_id>.json``, so a freshly provisioned device can connect within one
@@ -28,20 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker_agent.files import write_atomically
 from broker_agent.broker.users import (
     SERVICE_ACCOUNTS_FILE,
     BrokerUsers,
     PasswordFile,
     Refusal,
-    SecretsReader,
     ServiceAccounts,
     collect_users,
     render_acl,
 )
-from broker_agent.fleet.watcher import DirectoryWatcher
 from broker_agent.errors import SetupError
+from broker_agent.files import write_atomically
+from broker_agent.fleet.watcher import DirectoryWatcher
 from broker_agent.logs import get_logger
+from broker_agent.provisioning.secrets import SecretsReader
 from broker_agent.settings import AgentSettings
 
 log = get_logger(__name__)
@@ -136,7 +137,7 @@ class BrokerAuthSync:
         self.synced = asyncio.Event()  # set after each attempt; clear it to wait for the next
         self._passwords = PasswordFile()
         self._adopted = False
-        self._reader = SecretsReader()
+        self._reader = SecretsReader(settings.secrets_dir)
         self._lock = threading.Lock()
         self._dirty = asyncio.Event()
         self._refused: set[Refusal] = set()
@@ -150,6 +151,8 @@ class BrokerAuthSync:
 
     async def run(self) -> None:
         s = self.settings
+        # The config directory no longer decides anything here (device user = device_id), but
+        # an edit there still triggers a sync, as before: operators and tests rely on it.
         watched = {s.secrets_dir.resolve(), s.config_dir.resolve()}
         watched.add(s.accounts_file.resolve().parent)
         watchers = [
@@ -199,7 +202,7 @@ class BrokerAuthSync:
         s = self.settings
         try:
             accounts = ServiceAccounts.load(s.accounts_file)
-            users = collect_users(s.secrets_dir, s.config_dir, accounts, reader=self._reader)
+            users = collect_users(s.secrets_dir, accounts, reader=self._reader)
             if not self._adopted:  # keep the hashes of a file written before we started
                 with contextlib.suppress(FileNotFoundError):
                     self._passwords.adopt(s.passwd_file.read_text(encoding="utf-8"))

@@ -8,8 +8,9 @@ wildcard, a ``/`` or a ``:`` into an ACL line or a password file line:
     station   user = station_id   service account: its own stations/<id>/#, provisioning
                                   requests out, responses addressed to it in
     operator  user = any id       service account: commands stations, reads status and events
-    device    user = device_key   password = client_secret from ``<secrets_dir>/<device_id>.json``;
+    device    user = device_id    password = client_secret from ``<secrets_dir>/<device_id>.json``;
                                   reads <root>/devices/<user>/config, writes .../config/applied
+                                  (its device_key, which contract 6.6 makes the device_id)
 
 Service accounts live in one JSON file, by default ``<secrets_dir>/_broker_users.json``::
 
@@ -20,26 +21,26 @@ Service accounts live in one JSON file, by default ``<secrets_dir>/_broker_users
 Devices get two ``pattern`` lines (``%u`` = the user name); every service account gets an
 explicit ``user`` block, and stations and operators also get ``deny`` lines for the device and
 (for operators) provisioning topics, so the device patterns, which Mosquitto applies to every
-user, grant them nothing. A device whose key would collide with a service account or with
-another device is left out of the password file (see ``Refusal``).
+user, grant them nothing. A device is left out of the password file (see ``Refusal``) when its
+secrets file breaks the rules provisioning applies (``provisioning.secrets``, the one reader
+both use: unreadable, unknown keys, a ``device_key`` other than the device_id) or when its id
+is also a service account's name.
 
 The password file is Mosquitto's own format (``mosquitto_passwords``).
 
-Nothing here logs; messages name files, users and reasons, never a password.
+Only the secrets reader logs (an unreadable file, once); messages name files, users and
+reasons, never a password.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
-from broker_agent.fleet.files import is_candidate
 from broker_agent.broker.passwords import (
     GENERATED_HEADER,
     PBKDF2_ITERATIONS,
@@ -48,8 +49,12 @@ from broker_agent.broker.passwords import (
     PasswordHash,
     parse_password_file,
 )
-from broker_agent.errors import SetupError
+from broker_agent.errors import FileTooLarge, SetupError, UnreadableFile
+from broker_agent.files import read_regular_file
+from broker_agent.fleet.files import is_candidate
+from broker_agent.provisioning.secrets import MAX_SECRETS_FILE_BYTES, SecretsProblem, SecretsReader
 from firmware_contracts.identifiers import is_identifier
+from firmware_contracts.json_rules import StrictJsonError, loads_strict
 from firmware_contracts.topics import check_root
 
 __all__ = [
@@ -71,7 +76,6 @@ __all__ = [
 ]
 
 SERVICE_ACCOUNTS_FILE = "_broker_users.json"
-MAX_SECRETS_FILE_BYTES = 64 * 1024
 
 
 # -- service accounts -------------------------------------------------------------------------
@@ -97,19 +101,18 @@ class ServiceAccounts:
     def load(cls, path: Path) -> ServiceAccounts:
         """Read the service accounts file; ``SetupError`` lists every problem at once."""
         try:
-            with path.open("rb") as handle:
-                raw = handle.read(MAX_SECRETS_FILE_BYTES + 1)
+            raw, _ = read_regular_file(path, MAX_SECRETS_FILE_BYTES)
         except FileNotFoundError:
             raise SetupError(
                 f"service accounts file {path} does not exist (see docs/security.md)"
             ) from None
-        except OSError as exc:
-            raise SetupError(f"cannot read service accounts file {path}: {exc.strerror}") from None
-        if len(raw) > MAX_SECRETS_FILE_BYTES:
-            raise SetupError(f"{path.name} is larger than {MAX_SECRETS_FILE_BYTES} bytes")
+        except FileTooLarge:
+            raise SetupError(f"{path.name} is larger than {MAX_SECRETS_FILE_BYTES} bytes") from None
+        except UnreadableFile as exc:
+            raise SetupError(f"cannot read service accounts file {path}: {exc.reason}") from None
         try:
-            document = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
+            document = loads_strict(raw)
+        except StrictJsonError:
             raise SetupError(f"{path.name} is not valid UTF-8 JSON") from None
         return cls.parse(document, path.name)
 
@@ -163,11 +166,17 @@ class ServiceAccounts:
 
 # -- devices ----------------------------------------------------------------------------------
 class RefusalReason(StrEnum):
-    SECRETS_UNREADABLE = "secrets_unreadable"
-    INVALID_DEVICE_KEY = "invalid_device_key"
+    SECRETS_UNREADABLE = "secrets_unreadable"  # not a regular file, not a JSON object, ...
+    SECRETS_INVALID = "secrets_invalid"  # unknown keys or non-string values (as provisioning)
+    DEVICE_KEY_MISMATCH = "device_key_mismatch"  # contract 6.6
     KEY_IS_A_SERVICE_ACCOUNT = "device_key_is_a_service_account"
-    KEY_NAMES_ANOTHER_DEVICE = "device_key_names_another_device"
-    KEY_SHARED = "device_key_shared"
+
+
+_REASONS = {
+    SecretsProblem.UNREADABLE: RefusalReason.SECRETS_UNREADABLE,
+    SecretsProblem.INVALID: RefusalReason.SECRETS_INVALID,
+    SecretsProblem.DEVICE_KEY_MISMATCH: RefusalReason.DEVICE_KEY_MISMATCH,
+}
 
 
 @dataclass(frozen=True)
@@ -177,62 +186,6 @@ class Refusal:
     device_id: str
     reason: RefusalReason
     detail: str = ""
-
-
-@dataclass(frozen=True)
-class _DeviceSecret:
-    device_id: str
-    device_key: str
-    client_secret: str | None
-
-
-@dataclass
-class SecretsReader:
-    """``device_key``/``client_secret`` per secrets file, re-read when its stat changes."""
-
-    cache: dict[str, tuple[tuple[int, int, int], _DeviceSecret | Refusal]] = field(
-        default_factory=dict
-    )
-
-    def read(self, path: Path, device_id: str) -> _DeviceSecret | Refusal | None:
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            self.cache.pop(device_id, None)
-            return None
-        except OSError as exc:
-            return Refusal(device_id, RefusalReason.SECRETS_UNREADABLE, str(exc.strerror))
-        signature = (info.st_ino, info.st_size, info.st_mtime_ns)
-        cached = self.cache.get(device_id)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        found = _read_device_secret(path, device_id)
-        self.cache[device_id] = (signature, found)
-        return found
-
-
-def _read_device_secret(path: Path, device_id: str) -> _DeviceSecret | Refusal:
-    unreadable = RefusalReason.SECRETS_UNREADABLE
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_SECRETS_FILE_BYTES + 1)
-    except OSError as exc:
-        return Refusal(device_id, unreadable, f"cannot read it ({exc.strerror})")
-    if len(raw) > MAX_SECRETS_FILE_BYTES:
-        return Refusal(device_id, unreadable, f"larger than {MAX_SECRETS_FILE_BYTES} bytes")
-    try:
-        document: Any = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return Refusal(device_id, unreadable, "not valid UTF-8 JSON")
-    if not isinstance(document, dict):
-        return Refusal(device_id, unreadable, "not a JSON object")
-    key = document.get("device_key")
-    secret = document.get("client_secret")
-    if key is not None and not isinstance(key, str):
-        return Refusal(device_id, unreadable, "device_key must be a string or null")
-    if secret is not None and not isinstance(secret, str):
-        return Refusal(device_id, unreadable, "client_secret must be a string or null")
-    return _DeviceSecret(device_id, key or device_id, secret or None)
 
 
 def _device_ids(directory: Path) -> list[str]:
@@ -261,15 +214,17 @@ class BrokerUsers:
 
 def collect_users(
     secrets_dir: Path,
-    config_dir: Path,
     accounts: ServiceAccounts,
     *,
     reader: SecretsReader | None = None,
 ) -> BrokerUsers:
-    """Service accounts plus one user per device that has a ``client_secret``.
+    """Service accounts plus one user per device whose secrets file is usable and has a
+    ``client_secret``; the user name is the device_id (= its device_key, contract 6.6).
 
-    Raises ``SetupError`` when the secrets directory is missing or unreadable: writing a
-    password file without the fleet would lock every device out at its next connect.
+    ``reader``: a ``SecretsReader`` on ``secrets_dir`` kept between calls (its cache skips
+    unchanged files). Raises ``SetupError`` when the secrets directory is missing or
+    unreadable: writing a password file without the fleet would lock every device out at its
+    next connect.
     """
     if not secrets_dir.is_dir():
         raise SetupError(f"secrets directory {secrets_dir} is missing or not a directory")
@@ -277,63 +232,40 @@ def collect_users(
         secret_ids = _device_ids(secrets_dir)
     except OSError as exc:
         raise SetupError(f"cannot list secrets directory {secrets_dir}: {exc.strerror}") from None
-    try:
-        config_ids = _device_ids(config_dir)
-    except OSError:
-        config_ids = []  # only used to spot collisions; the config publisher reports it
-    reader = reader or SecretsReader()
+    reader = reader or SecretsReader(secrets_dir)
     services = accounts.roles()
-    known_ids = set(secret_ids) | set(config_ids)
     refused: list[Refusal] = []
-    candidates: dict[str, list[_DeviceSecret]] = {}
-    without_secret = 0
-    for device_id in secret_ids:
-        found = reader.read(secrets_dir / f"{device_id}.json", device_id)
-        if found is None:
-            continue
-        if isinstance(found, Refusal):
-            refused.append(found)
-            continue
-        key = found.device_key
-        if not is_identifier(key):
-            refused.append(Refusal(device_id, RefusalReason.INVALID_DEVICE_KEY))
-        elif key in services:
-            refused.append(
-                Refusal(device_id, RefusalReason.KEY_IS_A_SERVICE_ACCOUNT, f"{services[key]} {key}")
-            )
-        elif key != device_id and key in known_ids:
-            refused.append(Refusal(device_id, RefusalReason.KEY_NAMES_ANOTHER_DEVICE, key))
-        elif found.client_secret is None:
-            without_secret += 1
-        else:
-            candidates.setdefault(key, []).append(found)
     passwords = accounts.passwords()
     roles: dict[str, Role] = dict(services)
-    for key, holders in candidates.items():
-        if len(holders) > 1:
-            others = ", ".join(sorted(h.device_id for h in holders))
-            refused += [Refusal(h.device_id, RefusalReason.KEY_SHARED, others) for h in holders]
+    without_secret = 0
+    for device_id in secret_ids:
+        found = reader.device(device_id)
+        if not found.exists:
             continue
-        secret = holders[0].client_secret
-        assert secret is not None
-        passwords[key] = secret
-        roles[key] = Role.DEVICE
+        if found.problem is not None:
+            refused.append(Refusal(device_id, _REASONS[found.problem], "; ".join(found.messages)))
+        elif device_id in services:
+            detail = f"{services[device_id]} {device_id}"
+            refused.append(Refusal(device_id, RefusalReason.KEY_IS_A_SERVICE_ACCOUNT, detail))
+        elif (secret := found.string("client_secret")) is None:
+            without_secret += 1
+        else:
+            passwords[device_id] = secret
+            roles[device_id] = Role.DEVICE
     refused.sort(key=lambda refusal: (refusal.device_id, refusal.reason))
     return BrokerUsers(
         MappingProxyType(passwords), MappingProxyType(roles), tuple(refused), without_secret
     )
 
 
-def password_entries(
-    secrets_dir: Path, config_dir: Path, service_accounts: ServiceAccounts | Path
-) -> dict[str, str]:
+def password_entries(secrets_dir: Path, service_accounts: ServiceAccounts | Path) -> dict[str, str]:
     """User name -> plaintext password for every broker user (devices and service accounts)."""
     accounts = (
         ServiceAccounts.load(service_accounts)
         if isinstance(service_accounts, Path)
         else service_accounts
     )
-    return dict(collect_users(secrets_dir, config_dir, accounts).passwords)
+    return dict(collect_users(secrets_dir, accounts).passwords)
 
 
 # -- ACL --------------------------------------------------------------------------------------

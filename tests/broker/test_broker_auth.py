@@ -19,6 +19,12 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker_agent.broker.auth_sync import (
+    FILE_MODE,
+    BrokerAuthSettings,
+    BrokerAuthSync,
+    write_if_changed,
+)
 from broker_agent.broker.users import (
     PBKDF2_ITERATIONS,
     PasswordFile,
@@ -32,12 +38,6 @@ from broker_agent.broker.users import (
     render_acl,
 )
 from broker_agent.errors import SetupError
-from broker_agent.broker.auth_sync import (
-    FILE_MODE,
-    BrokerAuthSettings,
-    BrokerAuthSync,
-    write_if_changed,
-)
 
 ACCOUNTS = ServiceAccounts.parse(
     {
@@ -181,58 +181,53 @@ def make_fleet(tmp_path: Path, devices: dict[str, dict[str, Any]]) -> tuple[Path
     return secrets_dir, config_dir
 
 
-def test_devices_become_users_named_by_their_device_key(tmp_path: Path) -> None:
-    secrets_dir, config_dir = make_fleet(
+def test_devices_become_users_named_by_their_device_id(tmp_path: Path) -> None:
+    secrets_dir, _ = make_fleet(
         tmp_path,
         {
             "dev-1": {"client_id": "c1", "client_secret": "s1"},
-            "dev-2": {"device_key": "key-2", "client_secret": "s2"},
+            "dev-2": {"device_key": "dev-2", "client_secret": "s2"},  # = the device_id: fine
             "dev-3": {"client_id": "c3"},  # not issued yet
         },
     )
     (secrets_dir / ".dev-9.json.swp").write_text("{}")
     (secrets_dir / "dev-8.json~").write_text('{"client_secret": "x"}')
-    users = collect_users(secrets_dir, config_dir, ACCOUNTS)
+    users = collect_users(secrets_dir, ACCOUNTS)
     assert {
         "agent-1": "agent-pw",
         "station-1": "station-pw",
         "operator": "operator-pw",
         "dev-1": "s1",
-        "key-2": "s2",
+        "dev-2": "s2",
     } == dict(users.passwords)
     assert (2, 1, ()) == (users.devices, users.without_secret, users.refused)
-    assert {"agent-1": "a", "dev-1": "s1", "key-2": "s2"} == password_entries(
-        secrets_dir, config_dir, secrets_dir / "_broker_users.json"
+    assert {"agent-1": "a", "dev-1": "s1", "dev-2": "s2"} == password_entries(
+        secrets_dir, secrets_dir / "_broker_users.json"
     )
 
 
-def test_devices_that_would_collide_are_left_out(tmp_path: Path) -> None:
-    secrets_dir, config_dir = make_fleet(
+def test_devices_whose_secrets_provisioning_would_refuse_are_left_out(tmp_path: Path) -> None:
+    secrets_dir, _ = make_fleet(
         tmp_path,
         {
             "station-1": {"client_secret": "s"},  # named like a station
-            "dev-1": {"device_key": "agent-1", "client_secret": "s"},  # keyed like the agent
-            "dev-2": {"device_key": "dev-3", "client_secret": "s"},  # keyed like a device
-            "dev-4": {"device_key": "shared", "client_secret": "s"},
-            "dev-5": {"device_key": "shared", "client_secret": "s"},
-            "dev-6": {"device_key": "Not/OK", "client_secret": "s"},
+            "dev-1": {"device_key": "agent-1", "client_secret": "s"},  # contract 6.6
+            "dev-2": {"device_key": "dev-3", "client_secret": "s"},  # contract 6.6
             "dev-7": {"client_secret": 7},
+            "dev-9": {"client_secret": "s", "wifi_pasword": "typo"},  # provisioning refuses it
             "dev-ok": {"client_secret": "s"},
         },
     )
     (secrets_dir / "dev-8.json").write_text("{not json")
-    (config_dir / "dev-3.json").write_text("{}")  # dev-3 exists only as a config
-    users = collect_users(secrets_dir, config_dir, ACCOUNTS)
+    users = collect_users(secrets_dir, ACCOUNTS)
     reasons = {(r.device_id, r.reason) for r in users.refused}
     assert {
         ("station-1", RefusalReason.KEY_IS_A_SERVICE_ACCOUNT),
-        ("dev-1", RefusalReason.KEY_IS_A_SERVICE_ACCOUNT),
-        ("dev-2", RefusalReason.KEY_NAMES_ANOTHER_DEVICE),
-        ("dev-4", RefusalReason.KEY_SHARED),
-        ("dev-5", RefusalReason.KEY_SHARED),
-        ("dev-6", RefusalReason.INVALID_DEVICE_KEY),
-        ("dev-7", RefusalReason.SECRETS_UNREADABLE),
+        ("dev-1", RefusalReason.DEVICE_KEY_MISMATCH),
+        ("dev-2", RefusalReason.DEVICE_KEY_MISMATCH),
+        ("dev-7", RefusalReason.SECRETS_INVALID),
         ("dev-8", RefusalReason.SECRETS_UNREADABLE),
+        ("dev-9", RefusalReason.SECRETS_INVALID),
     } == reasons
     assert {"agent-1", "station-1", "operator", "dev-ok"} == set(users.passwords)
     assert "agent-pw" == users.passwords["agent-1"]  # the service account, not the device
@@ -240,7 +235,7 @@ def test_devices_that_would_collide_are_left_out(tmp_path: Path) -> None:
 
 def test_a_missing_secrets_directory_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="secrets directory"):
-        collect_users(tmp_path / "nope", tmp_path, ACCOUNTS)
+        collect_users(tmp_path / "nope", ACCOUNTS)
 
 
 # -- the ACL ------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from broker_agent.errors import ProvisionFailure
 from broker_agent.files import write_atomically
 from broker_agent.provisioning.credentials import CredentialStore
 from broker_agent.provisioning.messages import build_image
-from broker_agent.errors import ProvisionFailure
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.nvs import NVS_NAMESPACE, NVS_STRING_MAX_BYTES, PROV_KEYS
 from tests.support.nvs_parser import parse_nvs
@@ -86,10 +86,18 @@ def test_device_values_overlay_fleet_values_and_device_key_defaults(
     assert expected == store.values_for("kitchen-01")
 
 
-def test_explicit_device_key_and_null_removing_a_fleet_value(dirs: tuple[Path, Path]) -> None:
-    device = {**DEVICE, "device_key": "k-123", "wifi_ssid": None, "wifi_password": None, "_note": 1}
+def test_device_key_set_to_the_device_id_and_null_removing_a_fleet_value(
+    dirs: tuple[Path, Path],
+) -> None:
+    device = {
+        **DEVICE,
+        "device_key": "kitchen-01",
+        "wifi_ssid": None,
+        "wifi_password": None,
+        "_note": 1,
+    }
     values = store_with(dirs, device=device).values_for("kitchen-01")
-    assert "k-123" == values["device_key"]
+    assert "kitchen-01" == values["device_key"]
     assert "wifi_ssid" not in values and "wifi_password" not in values
     assert "_note" not in values
 
@@ -314,11 +322,14 @@ _marked = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_s
     lambda text: MARK + text
 )
 _text = st.one_of(st.just(""), _marked, _marked, _marked)  # mostly usable, sometimes empty
+# device_key is always the device_id (contract 6.6; another one: tests/provisioning/test_secrets.py)
 _values = st.fixed_dictionaries(
-    {key.name: _marked for key in PROV_KEYS if key.required},
+    {key.name: _marked for key in PROV_KEYS if key.required and key.name != "device_key"},
     optional={key.name: st.one_of(_text, st.none()) for key in PROV_KEYS if not key.required},
 )
-_blanked = st.one_of(st.none(), st.sampled_from([k.name for k in PROV_KEYS if k.required]))
+_blanked = st.one_of(
+    st.none(), st.sampled_from([k.name for k in PROV_KEYS if k.required and k.name != "device_key"])
+)
 
 
 @settings(
