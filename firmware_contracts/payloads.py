@@ -300,6 +300,7 @@ class FlashRequest(ContractModel):
     baud: Annotated[int, Field(strict=True, ge=9600, le=5_000_000)] = 460800
     after: FlashAfter = FlashAfter.NO_RESET
     expected_mac: str | None = None
+    force: Annotated[bool, Field(strict=True)] = False  # rewrite even when the MD5 matches
 
 
 class FlashCancel(ContractModel):
@@ -333,6 +334,7 @@ class FlashEvent(ContractModel):
     partition: PartitionInfo | None = None
     md5: Md5 | None = None
     error: FlashErrorDetail | None = None
+    skipped: bool | None = None  # on ok: the partition already held the image, nothing written
 
 
 # -- 6.3 Config writes --------------------------------------------------------------------
