@@ -8,37 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from broker_agent.broker.process import MosquittoProcess, free_port
+from tests.support.broker import PROJECT, Broker
 from tests.support.conformance import ConformanceMonitor
 
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-class Broker:
-    """A Mosquitto from the project's mosquitto.conf, on a free loopback port."""
-
-    def __init__(self, data_dir: Path, config_text: str | None = None) -> None:
-        text = config_text or (PROJECT / "mosquitto.conf").read_text()
-        self.process = MosquittoProcess(text, data_dir, port=free_port())
-
-    @property
-    def port(self) -> int:
-        assert self.process.port is not None
-        return self.process.port
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    def start(self) -> None:
-        self.process.start()
-
-    def stop(self, *, kill: bool = False) -> None:
-        self.process.stop(kill=kill)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+# PROJECT and Broker live in tests/support/broker.py; they stay importable from here until
+# tests/station/test_station.py and tests/commands/test_flash.py import them from there.
+__all__ = ["PROJECT", "Broker", "broker"]
 
 
 @pytest.fixture

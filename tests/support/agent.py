@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from broker_agent.app import Agent, run_agent
 from broker_agent.settings import AgentSettings
+from tests.support.service import running
 
 
 def agent_settings(
@@ -27,31 +28,18 @@ def agent_settings(
 
 
 @asynccontextmanager
-async def running_agent(
-    settings: AgentSettings, *, wait_online: bool = True
-) -> AsyncIterator[Agent]:
-    holder: list[Agent] = []
-    started = asyncio.Event()
+async def running_agent(settings: AgentSettings) -> AsyncIterator[Agent]:
+    """The real agent (``run_agent``) in the test's loop, entered once it announced ``online``."""
+    started: list[Agent] = []
+    constructed = asyncio.Event()
 
     def on_start(agent: Agent) -> None:
-        holder.append(agent)
-        started.set()
+        started.append(agent)
+        constructed.set()
 
-    task = asyncio.create_task(run_agent(settings, on_start), name="agent-under-test")
-    await asyncio.wait_for(started.wait(), 10)
-    agent = holder[0]
-    if wait_online:
-        done, _ = await asyncio.wait(
-            [asyncio.ensure_future(agent.online.wait()), task],
-            timeout=15,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if task in done:
-            task.result()
-        assert agent.online.is_set(), "agent did not come online"
-    try:
-        yield agent
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+    async def online() -> None:
+        await constructed.wait()
+        await started[0].online.wait()
+
+    async with running(run_agent(settings, on_start), online(), name="agent-under-test"):
+        yield started[0]

@@ -1,4 +1,10 @@
-"""Async helpers for tests: an independent observer client and polling without fixed sleeps."""
+"""The tests' one MQTT collector (``observe``/``Observer``) and the client settings they share.
+
+``observe(url_or_client, *filters)`` connects, subscribes (each SUBACK awaited) and records every
+message it receives until the block ends; tests publish on the same connection through
+``observer.client`` and wait on what arrives with ``wait_for`` or ``first`` (never a fixed
+sleep). ``retained_snapshot`` is what a fresh subscriber sees retained under a filter.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+WAIT_TIMEOUT_S = 10.0
+
 
 def v5_properties(
     response_topic: str | None = None, correlation: bytes | None = None
@@ -21,7 +29,7 @@ def v5_properties(
     """PUBLISH properties for a v5 request (None when there is nothing to set)."""
     if response_topic is None and correlation is None:
         return None
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is untyped
     if response_topic is not None:
         props.ResponseTopic = response_topic
     if correlation is not None:
@@ -30,53 +38,106 @@ def v5_properties(
 
 
 def client_for(url: str, **kwargs: Any) -> aiomqtt.Client:
+    """An MQTT v5 client (unless ``protocol`` says otherwise) for a test broker's URL."""
     assert url.startswith("mqtt://127.0.0.1:")
     port = int(url.rsplit(":", 1)[1])
     kwargs.setdefault("protocol", aiomqtt.ProtocolVersion.V5)
     return aiomqtt.Client("127.0.0.1", port, **kwargs)
 
 
-@dataclass
-class Observer:
-    """Records every message seen on a filter; ``retained`` keeps the latest per topic."""
+def payload_of(message: aiomqtt.Message) -> bytes:
+    """A received message's payload: aiomqtt types it loosely, but on receipt it is bytes."""
+    payload = message.payload
+    assert isinstance(payload, bytes | bytearray), type(payload)
+    return bytes(payload)
 
+
+def correlation_of(message: aiomqtt.Message) -> bytes | None:
+    """The MQTT v5 Correlation Data of a message, if it carries any."""
+    correlation: bytes | None = getattr(message.properties, "CorrelationData", None)
+    return correlation
+
+
+@dataclass(eq=False)
+class Observer:
+    """Every message one subscriber received, in order of arrival.
+
+    ``latest`` holds the last payload per topic; ``closed_at`` is set (``time.monotonic()``)
+    when the connection dropped under the observer.
+    """
+
+    client: aiomqtt.Client
     messages: list[aiomqtt.Message] = field(default_factory=list)
     latest: dict[str, bytes] = field(default_factory=dict)
+    closed_at: float | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def topics(self) -> list[str]:
+        return [str(m.topic) for m in self.messages]
+
     def payloads(self, topic: str) -> list[bytes]:
-        return [bytes(m.payload) for m in self.messages if str(m.topic) == topic]  # type: ignore[arg-type]
+        return [payload_of(m) for m in self.messages if str(m.topic) == topic]
 
     def json_on(self, topic: str) -> list[dict[str, Any]]:
+        """The JSON documents received on ``topic`` (empty payloads, i.e. clears, skipped)."""
         return [json.loads(p) for p in self.payloads(topic) if p]
 
     def events(self) -> list[dict[str, Any]]:
+        """Every agent event (``.../events``) received, in order."""
         return [
-            json.loads(bytes(m.payload)) for m in self.messages if str(m.topic).endswith("/events")
-        ]  # type: ignore[arg-type]
+            json.loads(payload_of(m)) for m in self.messages if str(m.topic).endswith("/events")
+        ]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async def wait_for(
+        self, predicate: Callable[[], object], timeout: float = WAIT_TIMEOUT_S
+    ) -> None:
+        """Return once ``predicate()`` is true, re-checked after every message."""
         deadline = time.monotonic() + timeout
         while not predicate():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError("condition not met in time")
+                raise AssertionError(f"condition not met within {timeout} s")
             self.changed.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), remaining)
 
+    async def first(
+        self, match: Callable[[aiomqtt.Message], bool], timeout: float = WAIT_TIMEOUT_S
+    ) -> aiomqtt.Message:
+        """The first message received (so far or later) that ``match`` accepts."""
+        found: list[aiomqtt.Message] = []
+
+        def arrived() -> bool:
+            found[:] = [m for m in self.messages if match(m)][:1]
+            return bool(found)
+
+        await self.wait_for(arrived, timeout)
+        return found[0]
+
+    def _record(self, message: aiomqtt.Message) -> None:
+        self.messages.append(message)
+        self.latest[str(message.topic)] = payload_of(message)
+        self.changed.set()
+
 
 @asynccontextmanager
-async def observe(url: str, *filters: str) -> AsyncIterator[Observer]:
-    observer = Observer()
-    async with client_for(url) as client:
+async def observe(
+    target: str | aiomqtt.Client, *filters: str, qos: int = 0
+) -> AsyncIterator[Observer]:
+    """Connect ``target`` (a test broker's URL, or a client to use), subscribe, and record."""
+    client = client_for(target) if isinstance(target, str) else target
+    observer = Observer(client)
+    async with client:
         for topic_filter in filters:
-            await client.subscribe(topic_filter, qos=0)
+            await client.subscribe(topic_filter, qos=qos)
 
         async def pump() -> None:
-            async for message in client.messages:
-                observer.messages.append(message)
-                observer.latest[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
+            try:
+                async for message in client.messages:
+                    observer._record(message)
+            except aiomqtt.MqttError:
+                observer.closed_at = time.monotonic()
                 observer.changed.set()
 
         task = asyncio.create_task(pump(), name="observer")
@@ -84,7 +145,7 @@ async def observe(url: str, *filters: str) -> AsyncIterator[Observer]:
             yield observer
         finally:
             task.cancel()
-            with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            with suppress(asyncio.CancelledError):
                 await task
 
 
@@ -92,21 +153,17 @@ async def retained_snapshot(
     url: str, topic_filter: str, marker: str = "test/snapshot-marker"
 ) -> dict[str, bytes]:
     """Everything the broker retains under a filter, as a fresh subscriber sees it."""
-    seen: dict[str, bytes] = {}
-    async with client_for(url) as client:
-        await client.subscribe(topic_filter, qos=0)
-        await client.subscribe(marker, qos=0)
-        await client.publish(marker, b"end", qos=0)
-        async for message in client.messages:
-            if str(message.topic) == marker:
-                break
-            seen[str(message.topic)] = bytes(message.payload)  # type: ignore[arg-type]
-    return seen
+    async with observe(url, topic_filter, marker) as fresh:
+        await fresh.client.publish(marker, b"end", qos=0)
+        end = await fresh.first(lambda m: str(m.topic) == marker)
+        before = fresh.messages[: fresh.messages.index(end)]
+    return {str(m.topic): payload_of(m) for m in before}
 
 
 async def eventually(
     check: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.05
 ) -> None:
+    """Poll a condition that no MQTT message announces (a service's own state)."""
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
