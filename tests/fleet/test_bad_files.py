@@ -1,0 +1,203 @@
+"""Issue 9: a single file stops the fleet. Every kind of bad file, dropped into the config
+directory of a running agent, is rejected with its code; the last good config stays retained,
+and the agent keeps publishing the good edits made after it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_contracts.payloads import ConfigEnvelope
+from tests.conftest import Broker
+from tests.support.agent import agent_settings, running_agent
+from tests.support.mqtt import Observer, observe
+
+pytestmark = pytest.mark.timeout(60)
+
+LAST_GOOD = {"interval": 30}
+DEVICE_TOPIC = "iot/devices/dev-1/config"
+LATER_TOPIC = "iot/devices/later-1/config"
+
+
+def replace_with_text(text: str) -> Callable[[Path, Path], None]:
+    def make(path: Path, _: Path) -> None:
+        temp = path.with_name(".incoming.tmp")
+        temp.write_text(text, encoding="utf-8")
+        temp.replace(path)
+
+    return make
+
+
+def replace_with_fifo(path: Path, _: Path) -> None:
+    temp = path.with_name(".incoming.tmp")
+    os.mkfifo(temp)
+    temp.replace(path)
+
+
+def replace_with_socket(path: Path, _: Path) -> None:
+    temp = path.with_name(".incoming.tmp")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(temp))  # the file stays after the socket is closed
+    temp.replace(path)
+
+
+def replace_with_symlink_outside(path: Path, outside: Path) -> None:
+    target = outside / "elsewhere.json"
+    target.write_text(json.dumps({"interval": 99}))
+    temp = path.with_name(".incoming.tmp")
+    temp.symlink_to(target)
+    temp.replace(path)
+
+
+def replace_with_dangling_symlink(path: Path, _: Path) -> None:
+    temp = path.with_name(".incoming.tmp")
+    temp.symlink_to(path.with_name("no-such-file.data"))
+    temp.replace(path)
+
+
+def replace_with_directory(path: Path, _: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+HUGE_INT = "1" + "0" * 4400
+
+BAD_FILES: dict[str, tuple[Callable[[Path, Path], None], str, str]] = {
+    # kind: (how to make it, code, part of the message)
+    "fifo": (replace_with_fifo, "unreadable", "is a FIFO"),
+    "socket": (replace_with_socket, "unreadable", "is a socket"),
+    "directory": (replace_with_directory, "unreadable", "is a directory"),
+    "symlink-outside": (replace_with_symlink_outside, "unreadable", "outside its directory"),
+    "dangling-symlink": (replace_with_dangling_symlink, "unreadable", "dangling symlink"),
+    "nan": (replace_with_text('{"interval": NaN}'), "invalid_json", "NaN"),
+    "infinity": (replace_with_text('{"interval": -Infinity}'), "invalid_json", "Infinity"),
+    "overflow": (replace_with_text('{"interval": 1e400}'), "invalid_json", "overflows"),
+    "huge-int": (replace_with_text('{"interval": ' + HUGE_INT + "}"), "invalid_json", "4,300"),
+    "surrogate-value": (replace_with_text('{"name": "\\ud800"}'), "invalid_json", "surrogate"),
+    "surrogate-key": (replace_with_text('{"\\udc00": 1}'), "invalid_json", "surrogate"),
+}
+
+
+def rejections(observer: Observer, file: str) -> list[dict[str, Any]]:
+    return [e for e in observer.events() if e["event"] == "config_rejected" and e["file"] == file]
+
+
+def retained_config(observer: Observer, topic: str) -> dict[str, Any] | None:
+    payload = observer.latest.get(topic)
+    return ConfigEnvelope.model_validate_json(payload).config if payload else None
+
+
+async def good_edit_is_published(config_dir: Path, seen: Observer) -> None:
+    (config_dir / "later-1.json").write_text(json.dumps({"after": True}))
+    await seen.wait_for(lambda: retained_config(seen, LATER_TOPIC) == {"after": True})
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_a_bad_file_is_rejected_and_the_agent_keeps_publishing(
+    broker: Broker, tmp_path: Path, kind: str
+) -> None:
+    make, code, in_message = BAD_FILES[kind]
+    config_dir, outside = tmp_path / "configs", tmp_path / "outside"
+    config_dir.mkdir()
+    outside.mkdir()
+    (config_dir / "dev-1.json").write_text(json.dumps(LAST_GOOD))
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with (
+            observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen,
+            running_agent(agent_settings(broker.url, config_dir)),
+        ):
+            await seen.wait_for(lambda: retained_config(seen, DEVICE_TOPIC) == LAST_GOOD)
+            make(config_dir / "dev-1.json", outside)
+            await seen.wait_for(lambda: bool(rejections(seen, "dev-1.json")))
+            await good_edit_is_published(config_dir, seen)
+            assert LAST_GOOD == retained_config(seen, DEVICE_TOPIC)  # neither cleared nor replaced
+            return rejections(seen, "dev-1.json")
+
+    found = asyncio.run(scenario())
+    assert code == found[0]["error"]["code"]
+    assert "dev-1" == found[0]["device_id"]
+    assert in_message in found[0]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "in_message"),
+    [
+        ({"properties": {"name": {"pattern": "(unclosed"}}}, "regex"),
+        ({"patternProperties": {"[a-": {"type": "string"}}}, "regex"),
+        ({"$ref": "https://schemas.example.invalid/never-fetched.json"}, "cannot be used"),
+        ({"$schema": ["not", "a", "uri"]}, "cannot be used"),
+    ],
+    ids=["invalid-pattern", "invalid-pattern-property", "unresolvable-ref", "schema-not-a-string"],
+)
+def test_an_unusable_schema_is_rejected_and_configs_keep_flowing(
+    broker: Broker, tmp_path: Path, schema: dict[str, Any], in_message: str
+) -> None:
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    (config_dir / "dev-1.json").write_text(json.dumps(LAST_GOOD))
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with (
+            observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen,
+            running_agent(agent_settings(broker.url, config_dir)),
+        ):
+            await seen.wait_for(lambda: retained_config(seen, DEVICE_TOPIC) == LAST_GOOD)
+            (config_dir / "_schema.json").write_text(json.dumps(schema))
+            await seen.wait_for(lambda: bool(rejections(seen, "_schema.json")))
+            await good_edit_is_published(config_dir, seen)
+            assert LAST_GOOD == retained_config(seen, DEVICE_TOPIC)
+            return rejections(seen, "_schema.json")
+
+    found = asyncio.run(scenario())
+    assert "schema_violation" == found[0]["error"]["code"]
+    assert in_message in found[0]["error"]["message"]
+
+
+def test_a_schema_failing_only_for_some_configs_rejects_those_configs(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """A $ref reached only through one property: the schema loads, that config is rejected."""
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    schema = {"properties": {"extra": {"$ref": "https://schemas.example.invalid/x.json"}}}
+    (config_dir / "_schema.json").write_text(json.dumps(schema))
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with (
+            observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen,
+            running_agent(agent_settings(broker.url, config_dir)),
+        ):
+            (config_dir / "dev-1.json").write_text(json.dumps({"extra": 1}))
+            await seen.wait_for(lambda: bool(rejections(seen, "dev-1.json")))
+            await good_edit_is_published(config_dir, seen)
+            assert retained_config(seen, DEVICE_TOPIC) is None
+            return rejections(seen, "dev-1.json")
+
+    found = asyncio.run(scenario())
+    assert "schema_violation" == found[0]["error"]["code"]
+    assert "could not be applied" in found[0]["error"]["message"]
+
+
+def test_a_symlink_inside_the_config_directory_is_published(broker: Broker, tmp_path: Path) -> None:
+    config_dir = tmp_path / "configs"
+    (config_dir / "shared").mkdir(parents=True)
+    (config_dir / "shared" / "base.data").write_text(json.dumps({"from": "link"}))
+    (config_dir / "dev-1.json").symlink_to("shared/base.data")
+
+    async def scenario() -> dict[str, Any] | None:
+        async with (
+            observe(broker.url, "iot/devices/+/config") as seen,
+            running_agent(agent_settings(broker.url, config_dir)),
+        ):
+            await seen.wait_for(lambda: DEVICE_TOPIC in seen.latest)
+            return retained_config(seen, DEVICE_TOPIC)
+
+    assert {"from": "link"} == asyncio.run(scenario())
