@@ -8,9 +8,11 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_agent import __version__
@@ -207,3 +209,49 @@ async def test_cancel_stops_at_once_and_frees_the_port() -> None:
 
 def client_kept_alive() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=5.0)
+
+
+async def test_an_event_stream_ends_cleanly_when_the_server_stops() -> None:
+    """The console's live updates (SSE) never end on their own; they end on ``stopping``."""
+    server = HttpServer(AgentMetrics(), shutdown_grace_s=2)
+
+    @server.app.get("/test-events", response_class=EventSourceResponse)
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(event="hello", data="1")
+        await server.stopping.wait()
+        yield ServerSentEvent(event="bye", data="")
+
+    lines, stopped_in = await stop_while_streaming(server)
+    assert ["event: hello", "event: bye"] == [line for line in lines if line.startswith("event")]
+    assert stopped_in < 1.0  # did not wait for the grace period
+
+
+async def test_an_event_stream_that_ignores_stopping_is_cut_after_the_grace() -> None:
+    server = HttpServer(AgentMetrics(), shutdown_grace_s=1)
+
+    @server.app.get("/test-events", response_class=EventSourceResponse)
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(event="hello", data="1")
+        await asyncio.Event().wait()
+        yield ServerSentEvent(event="never", data="")
+
+    with pytest.raises(httpx.RemoteProtocolError):  # the body ends mid-stream
+        await stop_while_streaming(server)
+    assert server.stopping.is_set()
+
+
+async def stop_while_streaming(server: HttpServer) -> tuple[list[str], float]:
+    """Open /test-events, read its first line, stop the server; all lines and the stop time."""
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        async with serving(server):
+            request = http.build_request("GET", f"{server.url}/test-events")
+            stream = await http.send(request, stream=True)
+            lines = stream.aiter_lines()  # held: dropping it would close the connection
+            received = [await anext(lines)]
+            began = time.monotonic()
+        stopped_in = time.monotonic() - began
+        try:
+            received += [line async for line in lines]
+        finally:
+            await stream.aclose()
+    return received, stopped_in
