@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker_agent.fleet.state import FleetView
 from broker_agent.http.metrics import AgentMetrics, ServiceMetrics, StationMetrics
 from firmware_contracts.codes import (
     ConfigErrorCode,
@@ -14,6 +17,7 @@ from firmware_contracts.codes import (
     FleetState,
     ProvisionErrorCode,
 )
+from firmware_contracts.payloads import utc_timestamp
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -150,3 +154,28 @@ def test_reconnects_count_connections_after_the_first() -> None:
     assert (1.0, 0.0) == (connected_once[connected], connected_once[reconnects])
     assert 0.0 == down[connected]
     assert (1.0, 2.0) == (back[connected], back[reconnects])
+
+
+def test_fleet_gauges_from_the_agents_real_fleet_view() -> None:
+    """``FleetView.counts`` is what the agent wires in: its keys must be the label values."""
+    now = 1_796_000_000.0
+    view = FleetView(grace_s=300, clock=lambda: now)
+    stamp = utc_timestamp(now - 10)
+    for device, sha in (("kitchen-01", "a" * 64), ("hall-02", "b" * 64), ("attic-03", "c" * 64)):
+        envelope = {"v": 1, "device_id": device, "sha256": sha, "updated_at": stamp, "config": {}}
+        view.on_config(device, json.dumps(envelope).encode())
+    view.on_ack("kitchen-01", json.dumps({"sha256": "a" * 64, "ok": True, "error": None}).encode())
+    view.on_ack("hall-02", json.dumps({"sha256": "b" * 64, "ok": False, "error": None}).encode())
+    view.on_status("kitchen-01", b'{"state": "online"}')
+    agent = AgentMetrics(fleet=view.counts)
+    got = scrape(agent)
+    assert {"in_sync": 1.0, "failed": 1.0, "pending": 1.0} == {
+        labels[0][1]: value
+        for (name, labels), value in got.items()
+        if name == "broker_agent_fleet_devices" and value
+    }
+    assert {"online": 1.0, "unknown": 2.0} == {
+        labels[0][1]: value
+        for (name, labels), value in got.items()
+        if name == "broker_agent_fleet_presence" and value
+    }
