@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -66,7 +67,7 @@ DEFAULT_SHUTDOWN_GRACE_S = 2
 
 
 class Health(BaseModel):
-    status: str = "ok"
+    status: Literal["ok"] = "ok"
     service: str
     version: str
 
