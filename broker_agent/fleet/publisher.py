@@ -3,6 +3,12 @@
 One instance lives as long as the agent; it survives reconnects. File changes arrive from the
 watcher at any time (also while disconnected) and are queued by name; on every (re)connect the
 publisher reads what the broker retains, reconciles, and then drains queued changes.
+
+Hooks for the rest of the agent: every change of the broker's retained configs, the ones this
+publisher had acknowledged and the ones other agents publish, is reported to each of
+``retained_listeners`` (device_id, envelope or b"" for a clear): the fleet state follows it,
+and a config write waits on it for its answer. When a config is cleared, the device's retained
+``config/applied`` is cleared with it (contract 6.1), so the fleet state shows nothing stale.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class ConfigPublisher:
         self.events = events
         # called after each batch of live changes (the agent re-announces its device count)
         self.on_batch_done: Callable[[Connection], Awaitable[None]] | None = None
+        # told of every change of the retained configs (see the module docstring)
+        self.retained_listeners: list[Callable[[str, bytes], None]] = []
         self.guard = guard
         self.max_bytes = max_bytes
         self.concurrency = concurrency
@@ -88,12 +96,16 @@ class ConfigPublisher:
             if message.payload == self._sync_nonce:
                 self._synced.set()
             return
-        payload = message.payload
-        if not payload:
-            self.retained.pop(match.identifier, None)
-            return
-        sha = envelope_sha256(payload)
-        self.retained[match.identifier] = sha or "?"  # not ours: differs from every real hash
+        self._record(match.identifier, message.payload)
+
+    def _record(self, device_id: str, payload: bytes) -> None:
+        if payload:
+            sha = envelope_sha256(payload)
+            self.retained[device_id] = sha or "?"  # not ours: differs from every real hash
+        else:
+            self.retained.pop(device_id, None)
+        for listener in self.retained_listeners:
+            listener(device_id, payload)
 
     # -- per connection ----------------------------------------------------------------
     async def subscribe_and_sync(self, connection: Connection) -> None:
@@ -172,11 +184,8 @@ class ConfigPublisher:
         """Record an acknowledged config publish or clear in the broker's retained state."""
         match = self.topics.parse(message.topic)
         assert match is not None
-        if message.payload:
-            sha = envelope_sha256(message.payload)
-            self.retained[match.identifier] = sha or "?"
-        else:
-            self.retained.pop(match.identifier, None)
+        if match.kind is TopicKind.DEVICE_CONFIG:
+            self._record(match.identifier, message.payload)
 
     async def drain(self, connection: Connection) -> None:
         """Handle queued file changes for as long as the connection lives."""
@@ -220,12 +229,18 @@ class ConfigPublisher:
             )
         messages = [self._message_for(config) for config in plan.publish]
         spec = TOPICS[TopicKind.DEVICE_CONFIG]
-        messages.extend(
-            OutgoingMessage(
-                self.topics.device_config(device), b"", qos=spec.qos, retain=spec.retained
+        for device in plan.clear:
+            messages.append(
+                OutgoingMessage(
+                    self.topics.device_config(device), b"", qos=spec.qos, retain=spec.retained
+                )
             )
-            for device in plan.clear
-        )
+            # 6.1: its ack goes with it, or the device would show as unmanaged for good
+            messages.append(
+                OutgoingMessage(
+                    self.topics.device_config_applied(device), b"", qos=spec.qos, retain=True
+                )
+            )
         await publish_many(
             connection, messages, concurrency=self.concurrency, on_done=self._published
         )

@@ -88,11 +88,11 @@ def parse_envelope(payload: bytes) -> RetainedConfig | None:
             stamp = payload[start:end].decode("ascii", "replace") if end > 0 else ""
             return RetainedConfig(sha, parse_timestamp(stamp))
     document = _json_object(payload)
-    sha = document.get("sha256") if document is not None else None
-    if not isinstance(sha, str) or document is None:
+    found = document.get("sha256") if document is not None else None
+    if not isinstance(found, str) or document is None:
         return None
-    stamp = document.get("updated_at")
-    return RetainedConfig(sha, parse_timestamp(stamp) if isinstance(stamp, str) else None)
+    when = document.get("updated_at")
+    return RetainedConfig(found, parse_timestamp(when) if isinstance(when, str) else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +109,7 @@ def parse_ack(payload: bytes) -> Ack:
         return Ack(None, False, "malformed acknowledgement")
     ok = document.get("ok") is True
     error = document.get("error")
+    text: str | None
     if isinstance(error, dict):
         text = f"{error.get('code', '?')}: {error.get('message', '')}"
     elif isinstance(error, str):  # the v1 form

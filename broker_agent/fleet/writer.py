@@ -1,0 +1,347 @@
+"""The config write service (contract 6.3): ``config/set`` requests in, files written, answers out.
+
+Subscriptions, as the provisioning responder makes them (its docstring has the measured why):
+``$share/<group>/{root}/devices/+/config/set`` with QoS 1, Retain As Published and Retain
+Handling 2, so each write reaches one agent of the group; plus a short look (subscribe to the
+plain filter, unsubscribe) for requests retained before we subscribed, which are refused with
+``retained_request_rejected`` and cleared.
+
+One write, in a worker: parse (``writes.parse_write``), then under the device's lock read the
+current file, plan the new one (``writes.plan_write``), write it atomically (temp file, fsync,
+rename, directory fsync) or delete it, hand the file name straight to the publisher (the
+watcher's 50 ms debounce would otherwise sit in every answer), and wait until the publisher has
+the new sha256 acknowledged by the broker (or the config cleared). Only then the answer goes
+out, followed by the ``config_written`` event. The device's lock is held until the publish is
+confirmed, so two writes to one device never overtake each other; writes to different devices
+run in parallel (``MAX_WORKERS``).
+
+A file edit racing a write: if the publisher retains another sha256 for the device and the file
+no longer holds the written content, someone changed the file after us; the write is answered
+``conflict`` naming the sha256 that is now current.
+
+Who wrote: Mosquitto 2.0 does not tell a subscriber who published a message, and an MQTT v5
+user property would be the writer's own unverifiable claim, so ``config_written`` carries no
+``user`` (documented in docs/fleet.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker_agent.errors import ConfigFileError, SetupError
+from broker_agent.events import AgentEvents
+from broker_agent.files import write_atomically
+from broker_agent.fleet.files import load_config
+from broker_agent.fleet.publisher import ConfigPublisher
+from broker_agent.fleet.writes import (
+    CurrentConfig,
+    PlannedWrite,
+    WriteRefused,
+    new_request_id,
+    parse_write,
+    plan_write,
+    request_id_of,
+)
+from broker_agent.logs import get_logger
+from broker_agent.mqtt import Connection, Message, raise_if_cancelled
+from broker_agent.settings import AgentSettings
+from firmware_contracts.codes import AgentEventName, ConfigWriteErrorCode
+from firmware_contracts.payloads import (
+    ConfigSetError,
+    ConfigSetOk,
+    ConfigWriteErrorDetail,
+)
+from firmware_contracts.topics import TopicKind, TopicMatch, Topics
+
+log = get_logger(__name__)
+
+WRITES_SUBSCRIPTION_ID = 3
+RETAINED_SCAN_SUBSCRIPTION_ID = 4
+MAX_WORKERS = 64
+"""Writes in progress at once. Most of a write is waiting for the publisher's PUBACK, so this
+is sized for 50 outstanding writes to different devices (bench/bench_fleet_state.py)."""
+RESPONSE_EXPIRY_S = 60
+PUBLISH_TIMEOUT_S = 10.0
+"""How long a write waits for the publisher; longer means it is disconnected or stuck."""
+CONFIG_FILE_MODE = 0o644
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    device_id: str
+    topic: str
+    payload: bytes
+    retained: bool
+    response_topic: str | None
+    correlation_data: bytes | None
+
+
+class ConfigWriter:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        topics: Topics,
+        events: AgentEvents,
+        publisher: ConfigPublisher,
+    ) -> None:
+        self.topics = topics
+        self.events = events
+        self.publisher = publisher
+        self.enabled = settings.config_writes
+        self.config_dir = settings.config_dir
+        self.max_bytes = settings.max_config_bytes
+        self.group = settings.provision_shared_group or None
+        if self.group is not None and any(ch in self.group for ch in "/+#\x00"):
+            raise SetupError(
+                f"provision_shared_group {self.group!r} must not contain '/', '+' or '#'"
+            )
+        self.on_answered: Callable[[ConfigWriteErrorCode | None], None] | None = None
+        """Metrics hook: called once per answer, ``None`` for ok, else the error code."""
+        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
+        self._accepting = False
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock_users: dict[str, int] = {}
+        self._changed: dict[str, asyncio.Future[None]] = {}
+        publisher.retained_listeners.append(self._on_retained)
+
+    # -- the dispatcher's side (sync, never blocks) ------------------------------------------
+    def on_message(self, match: TopicMatch, message: Message) -> None:
+        if not self._accepting or match.kind is not TopicKind.CONFIG_SET:
+            return
+        ids = message.subscription_ids
+        scan_only = RETAINED_SCAN_SUBSCRIPTION_ID in ids and WRITES_SUBSCRIPTION_ID not in ids
+        if scan_only and not message.retain:
+            return  # a live write seen by the retained scan too: the shared one handles it
+        if message.retain and not message.payload:
+            return  # a retained request cleared (by us, echoed back)
+        self._queue.put_nowait(
+            _Write(
+                match.identifier,
+                message.topic,
+                message.payload,
+                message.retain,
+                message.response_topic,
+                message.correlation_data,
+            )
+        )
+
+    def _on_retained(self, device_id: str, payload: bytes) -> None:
+        waiting = self._changed.pop(device_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    # -- per connection ------------------------------------------------------------------------
+    async def start(self, connection: Connection, group: asyncio.TaskGroup) -> None:
+        self._accepting = True
+        for index in range(MAX_WORKERS):
+            group.create_task(self._work(connection), name=f"config-write-worker-{index}")
+        request_filter = self.topics.filter(TopicKind.CONFIG_SET)
+        if self.group is None:
+            await connection.subscribe(
+                request_filter,
+                qos=1,
+                retain_as_published=True,
+                subscription_id=WRITES_SUBSCRIPTION_ID,
+            )
+            return
+        await connection.subscribe(
+            f"$share/{self.group}/{request_filter}",
+            qos=1,
+            retain_as_published=True,
+            retain_handling=2,
+            subscription_id=WRITES_SUBSCRIPTION_ID,
+        )
+        await connection.subscribe(
+            request_filter, qos=0, retain_handling=0, subscription_id=RETAINED_SCAN_SUBSCRIPTION_ID
+        )
+        await connection.unsubscribe(request_filter)
+
+    async def _work(self, connection: Connection) -> None:
+        while True:
+            write = await self._queue.get()
+            await self._handle(connection, write)
+            raise_if_cancelled()
+
+    # -- one write -----------------------------------------------------------------------------
+    async def _handle(self, connection: Connection, write: _Write) -> None:
+        default_topic = self.topics.config_set_response(write.device_id)
+        topic = write.response_topic or default_topic
+        request_id = ""
+        done: PlannedWrite | None = None
+        try:
+            if write.retained:
+                request_id = request_id_of(write.payload) or new_request_id()
+                raise WriteRefused(
+                    ConfigWriteErrorCode.RETAINED_REQUEST_REJECTED,
+                    "config writes must not be retained; this one has been cleared",
+                )
+            if not self.topics.is_config_set_response_topic_for(write.device_id, topic):
+                topic = default_topic
+                request_id = request_id_of(write.payload) or new_request_id()
+                raise WriteRefused(
+                    ConfigWriteErrorCode.INVALID_RESPONSE_TOPIC,
+                    f"the response topic must be {default_topic} or a topic below it",
+                )
+            parsed = parse_write(write.payload, self.max_bytes)
+            request_id = parsed.request_id
+            if not self.enabled:
+                raise WriteRefused(
+                    ConfigWriteErrorCode.WRITES_DISABLED,
+                    "config writes are disabled on this agent (BROKER_AGENT_CONFIG_WRITES=false)",
+                )
+            async with self._device_lock(write.device_id):
+                current = self._read_current(write.device_id)
+                done = plan_write(
+                    write.device_id,
+                    parsed.request,
+                    current,
+                    self.publisher.schema,
+                    self.max_bytes,
+                )
+                await self._store(done)
+                await self._wait_published(done)
+            answer = ConfigSetOk(
+                request_id=request_id, device_id=write.device_id, sha256=done.sha256
+            )
+            payload, code = answer.to_json(), None
+        except WriteRefused as exc:
+            done = None
+            request_id = exc.request_id or request_id or new_request_id()
+            payload, code = self._refusal(write, request_id, exc), exc.code
+        except Exception as exc:  # noqa: BLE001 - every write gets an answer
+            log.error(
+                "config_write_internal_error",
+                device_id=write.device_id,
+                error_type=type(exc).__name__,
+                frames="".join(traceback.format_tb(exc.__traceback__)),
+            )
+            done = None
+            failure = WriteRefused(
+                ConfigWriteErrorCode.INTERNAL_ERROR,
+                f"the agent failed to apply the write ({type(exc).__name__})",
+            )
+            request_id = request_id or new_request_id()
+            payload, code = self._refusal(write, request_id, failure), failure.code
+        await connection.publish(
+            topic,
+            payload,
+            qos=1,
+            retain=False,
+            correlation_data=write.correlation_data,
+            expiry_s=RESPONSE_EXPIRY_S,
+        )
+        if write.retained:
+            await connection.publish(write.topic, b"", qos=1, retain=True)
+        if self.on_answered is not None:
+            self.on_answered(code)
+        if done is not None:
+            await self.events.emit(
+                AgentEventName.CONFIG_WRITTEN,
+                device_id=write.device_id,
+                request_id=request_id,
+                sha256=done.sha256,
+            )
+
+    def _refusal(self, write: _Write, request_id: str, failure: WriteRefused) -> bytes:
+        log.info(
+            "config_write_refused",
+            device_id=write.device_id,
+            request_id=request_id,
+            code=failure.code.value,
+            message=failure.message[:300],
+        )
+        return ConfigSetError(
+            request_id=request_id,
+            device_id=write.device_id,
+            error=ConfigWriteErrorDetail(code=failure.code, message=failure.message),
+        ).to_json()
+
+    @contextlib.asynccontextmanager
+    async def _device_lock(self, device_id: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(device_id, asyncio.Lock())
+        self._lock_users[device_id] = self._lock_users.get(device_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._lock_users[device_id] -= 1
+            if not self._lock_users[device_id]:
+                del self._lock_users[device_id], self._locks[device_id]
+
+    def _path(self, device_id: str) -> Path:
+        return self.config_dir / f"{device_id}.json"
+
+    def _read_current(self, device_id: str) -> CurrentConfig | None:
+        """The device's file through the publisher's own reader; None when there is none."""
+        try:
+            found = load_config(self._path(device_id), self.publisher.schema, self.max_bytes)
+        except FileNotFoundError:
+            return None
+        except ConfigFileError as exc:
+            return CurrentConfig(None, None, f"{exc.code.value}: {exc.message}")
+        document = json.loads(found.envelope)["config"]
+        return CurrentConfig(found.sha256, document)
+
+    async def _store(self, planned: PlannedWrite) -> None:
+        path = self._path(planned.device_id)
+        try:
+            if planned.data is None:
+                await asyncio.to_thread(_delete_durably, path)
+            else:
+                await asyncio.to_thread(write_atomically, path, planned.data, CONFIG_FILE_MODE)
+        except OSError as exc:
+            if exc.errno in _READ_ONLY:
+                raise WriteRefused(
+                    ConfigWriteErrorCode.WRITES_DISABLED,
+                    f"the config directory is read-only for the agent ({exc.strerror})",
+                ) from None
+            raise
+        self.publisher.on_file_changes({path.name})
+
+    async def _wait_published(self, planned: PlannedWrite) -> None:
+        """Until the publisher retains ``planned.sha256`` (or nothing, after a delete)."""
+        device_id = planned.device_id
+        deadline = time.monotonic() + PUBLISH_TIMEOUT_S
+        while self.publisher.retained.get(device_id) != planned.sha256:
+            changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._changed[device_id] = changed
+            try:
+                await asyncio.wait_for(changed, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise WriteRefused(
+                    ConfigWriteErrorCode.INTERNAL_ERROR,
+                    f"the file was written but not published within {PUBLISH_TIMEOUT_S:g} s",
+                ) from None
+            finally:
+                self._changed.pop(device_id, None)
+            now_retained = self.publisher.retained.get(device_id)
+            if now_retained == planned.sha256:
+                return
+            current = self._read_current(device_id)
+            on_disk = current.sha256 if current is not None else None
+            if on_disk != planned.sha256:
+                shown = now_retained if now_retained is not None else "null"
+                raise WriteRefused(
+                    ConfigWriteErrorCode.CONFLICT,
+                    "the file was changed by someone else while this write was applied; "
+                    f"the current config has sha256 {shown}",
+                )
+
+
+def _delete_durably(path: Path) -> None:
+    path.unlink()
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
