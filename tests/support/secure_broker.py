@@ -39,7 +39,10 @@ PROJECT = Path(__file__).resolve().parents[2]
 NOT_AUTHORIZED = 0x87
 
 SERVICE_ACCOUNTS = {
-    "agents": {"test-agent": "agent-" + secrets.token_urlsafe(12)},
+    "agents": {
+        "test-agent": "agent-" + secrets.token_urlsafe(12),
+        "test-agent-2": "agent2-" + secrets.token_urlsafe(12),
+    },
     "stations": {
         "station-1": "st1-" + secrets.token_urlsafe(12),
         "station-2": "st2-" + secrets.token_urlsafe(12),
