@@ -106,14 +106,16 @@ class Observer:
         self, match: Callable[[aiomqtt.Message], bool], timeout: float = WAIT_TIMEOUT_S
     ) -> aiomqtt.Message:
         """The first message received (so far or later) that ``match`` accepts."""
-        found: list[aiomqtt.Message] = []
+        checked = 0  # messages before this index did not match
 
         def arrived() -> bool:
-            found[:] = [m for m in self.messages if match(m)][:1]
-            return bool(found)
+            nonlocal checked
+            while checked < len(self.messages) and not match(self.messages[checked]):
+                checked += 1
+            return checked < len(self.messages)
 
         await self.wait_for(arrived, timeout)
-        return found[0]
+        return self.messages[checked]
 
     def _record(self, message: aiomqtt.Message) -> None:
         self.messages.append(message)
