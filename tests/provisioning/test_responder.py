@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import resource
@@ -12,12 +11,10 @@ import secrets
 import signal
 import socket
 import stat
-import subprocess
 import sys
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker_agent import cli
+from broker_agent.app import Agent
 from broker_agent.broker.process import free_port
 from broker_agent.errors import ProvisionFailure
 from broker_agent.mqtt import Router, make_connection
@@ -39,9 +37,17 @@ from firmware_contracts.identifiers import is_request_id
 from firmware_contracts.nvs import NVS_NAMESPACE
 from firmware_contracts.payloads import AgentEvent, ProvisionError, ProvisionOk
 from firmware_contracts.topics import TopicKind, Topics
-from tests.conftest import PROJECT, Broker
 from tests.support.agent import agent_settings, running_agent
-from tests.support.mqtt import client_for, observe, retained_snapshot, v5_properties
+from tests.support.broker import PROJECT, Broker
+from tests.support.mqtt import (
+    Observer,
+    client_for,
+    correlation_of,
+    observe,
+    payload_of,
+    retained_snapshot,
+    v5_properties,
+)
 from tests.support.nvs_parser import parse_nvs
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,14 +99,28 @@ class Reply:
     retain: bool
     properties: Any
 
+    @classmethod
+    def of(cls, message: aiomqtt.Message) -> Reply:
+        document = json.loads(payload_of(message))
+        return cls(
+            str(message.topic),
+            document,
+            correlation_of(message),
+            message.retain,
+            message.properties,
+        )
+
 
 @dataclass
 class Requester:
-    """An MQTT v5 client that publishes requests and collects every provisioning response."""
+    """A station's side of provisioning: requests go out on its observer's connection, and
+    every provisioning response that observer received reads back as a ``Reply``."""
 
-    client: aiomqtt.Client
-    replies: list[Reply] = field(default_factory=list)
-    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    responses: Observer
+
+    @property
+    def replies(self) -> list[Reply]:
+        return [Reply.of(message) for message in self.responses.messages]
 
     async def send(
         self,
@@ -114,7 +134,7 @@ class Requester:
     ) -> None:
         props = v5_properties(response_topic, correlation)
         body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
-        await self.client.publish(
+        await self.responses.client.publish(
             topic or TOPICS.provision_request(device_id),
             body,
             qos=1,
@@ -123,23 +143,13 @@ class Requester:
         )
 
     async def wait(self, count: int, timeout: float = 10.0) -> list[Reply]:
-        async with self.arrived:
-            await asyncio.wait_for(
-                self.arrived.wait_for(lambda: len(self.replies) >= count), timeout
-            )
+        await self.responses.wait_for(lambda: len(self.responses.messages) >= count, timeout)
         return self.replies
 
     async def ask(self, device_id: str, payload: bytes | dict[str, Any], **kwargs: Any) -> Reply:
         correlation = secrets.token_bytes(8)
         await self.send(device_id, payload, correlation=correlation, **kwargs)
-        async with self.arrived:
-            await asyncio.wait_for(
-                self.arrived.wait_for(
-                    lambda: any(r.correlation == correlation for r in self.replies)
-                ),
-                10,
-            )
-        return next(r for r in self.replies if r.correlation == correlation)
+        return Reply.of(await self.responses.first(lambda m: correlation_of(m) == correlation))
 
 
 @asynccontextmanager
@@ -147,31 +157,11 @@ async def requester(
     broker: Broker, protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V5
 ) -> AsyncIterator[Requester]:
     nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # no 40 ms Nagle stalls per request
-    async with client_for(broker.url, protocol=protocol, socket_options=nodelay) as client:
-        await client.subscribe("iot/provision/+/response/#", qos=1)  # also matches .../response
-        found = Requester(client)
-
-        async def pump() -> None:
-            async for message in client.messages:
-                payload = bytes(message.payload)
-                reply = Reply(
-                    str(message.topic),
-                    json.loads(payload),
-                    getattr(message.properties, "CorrelationData", None),
-                    message.retain,
-                    message.properties,
-                )
-                async with found.arrived:
-                    found.replies.append(reply)
-                    found.arrived.notify_all()
-
-        task = asyncio.create_task(pump(), name="requester-pump")
-        try:
-            yield found
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+    client = client_for(broker.url, protocol=protocol, socket_options=nodelay)
+    async with observe(
+        client, "iot/provision/+/response/#", qos=1
+    ) as responses:  # and .../response
+        yield Requester(responses)
 
 
 def ok_image(reply: Reply) -> tuple[ProvisionOk, dict[str, str]]:
@@ -191,75 +181,111 @@ def error_of(reply: Reply) -> tuple[str, ProvisionErrorCode, str]:
 # -- the happy path ---------------------------------------------------------------------------
 
 
-def test_v5_request_gets_the_image_on_its_response_topic_with_correlation(fleet: Fleet) -> None:
-    async def scenario() -> None:
-        with structlog.testing.capture_logs() as logs:
-            async with (
-                observe(fleet.broker.url, "iot/agents/+/events") as events,
-                running_agent(fleet.settings()),
-                requester(fleet.broker) as station,
-            ):
-                reply_to = TOPICS.provision_response("kitchen-01") + "/station-1/job-7"
-                reply = await station.ask(
-                    "kitchen-01",
-                    {"request_id": "r-17", "partition_size": 0x5000},
-                    response_topic=reply_to,
-                )
-                small = await station.ask("garage-door", {"partition_size": 0x3000})
-                await events.wait_for(lambda: len(events.events()) >= 2)
-        assert reply_to == reply.topic
-        assert not reply.retain
-        assert 60 >= reply.properties.MessageExpiryInterval > 50
-        ok, values = ok_image(reply)
-        assert ("r-17", "kitchen-01", 0x5000) == (ok.request_id, ok.device_id, ok.partition_size)
-        assert {**FLEET, **KITCHEN, "device_key": "kitchen-01"} == values
-        assert [
-            "device_key",
-            "client_id",
-            "client_secret",
-            "token_url",
-            "base_url",
-            "wifi_ssid",
-            "wifi_password",
-        ] == ok.keys
-        # optional keys absent when unset: no mqtt_url in the fleet; garage-door nulls wifi_ssid
-        small_ok, small_values = ok_image(small)
-        assert TOPICS.provision_response("garage-door") == small.topic
-        assert is_request_id(small_ok.request_id)
-        assert 0x3000 == small_ok.partition_size
-        assert {
-            "device_key",
-            "client_id",
-            "client_secret",
-            "token_url",
-            "base_url",
-            "wifi_password",
-        } == set(small_values)
-        provisioned = [
-            AgentEvent.model_validate(e) for e in events.events() if e["event"] == "provisioned"
-        ]
-        assert {
-            ("kitchen-01", 0x5000, ok.md5, "r-17"),
-            ("garage-door", 0x3000, small_ok.md5, small_ok.request_id),
-        } == {(e.device_id, e.partition_size, e.md5, e.request_id) for e in provisioned}
-        assert {"provisioned"} <= {entry["event"] for entry in logs}
-        everything = json.dumps([*events.events(), *logs], default=str)
-        for value in (*SECRETS, "GARAGE-SECRET-1"):
-            assert value not in everything
+@dataclass
+class TwoImages:
+    """kitchen-01 asked over v5 with a response topic below its own; garage-door without one."""
 
-    asyncio.run(scenario())
+    reply_to: str
+    kitchen: Reply
+    garage: Reply
+    events: list[dict[str, Any]]
+    logs: list[MutableMapping[str, Any]]  # as structlog.testing.capture_logs gives them
 
 
-def test_mqtt_311_requester_gets_the_default_response_topic(fleet: Fleet) -> None:
-    async def scenario() -> Reply:
+async def provision_two_devices(fleet: Fleet) -> TwoImages:
+    reply_to = TOPICS.provision_response("kitchen-01") + "/station-1/job-7"
+    with structlog.testing.capture_logs() as logs:
         async with (
+            observe(fleet.broker.url, "iot/agents/+/events") as events,
             running_agent(fleet.settings()),
-            requester(fleet.broker, aiomqtt.ProtocolVersion.V311) as station,
+            requester(fleet.broker) as station,
         ):
-            await station.send("kitchen-01", {"request_id": "old-client", "partition_size": 0x4000})
-            return (await station.wait(1))[0]
+            kitchen = await station.ask(
+                "kitchen-01",
+                {"request_id": "r-17", "partition_size": 0x5000},
+                response_topic=reply_to,
+            )
+            garage = await station.ask("garage-door", {"partition_size": 0x3000})
+            await events.wait_for(lambda: len(events.events()) >= 2)
+    return TwoImages(reply_to, kitchen, garage, events.events(), logs)
 
-    reply = asyncio.run(scenario())
+
+async def test_v5_request_gets_its_answer_on_its_response_topic_with_an_expiry(
+    fleet: Fleet,
+) -> None:
+    images = await provision_two_devices(fleet)  # matched to the request by its correlation
+
+    assert images.reply_to == images.kitchen.topic
+    assert not images.kitchen.retain
+    assert 60 >= images.kitchen.properties.MessageExpiryInterval > 50
+
+
+async def test_the_image_holds_the_fleet_values_and_the_devices_credentials(fleet: Fleet) -> None:
+    images = await provision_two_devices(fleet)
+
+    ok, values = ok_image(images.kitchen)
+    assert ("r-17", "kitchen-01", 0x5000) == (ok.request_id, ok.device_id, ok.partition_size)
+    assert {**FLEET, **KITCHEN, "device_key": "kitchen-01"} == values
+    assert [
+        "device_key",
+        "client_id",
+        "client_secret",
+        "token_url",
+        "base_url",
+        "wifi_ssid",
+        "wifi_password",
+    ] == ok.keys
+
+
+async def test_optional_keys_are_left_out_when_unset(fleet: Fleet) -> None:
+    """No mqtt_url in the fleet; garage-door nulls wifi_ssid. (No response topic and no
+    request_id either: the default topic, and a made-up id.)"""
+    images = await provision_two_devices(fleet)
+
+    small_ok, small_values = ok_image(images.garage)
+    assert TOPICS.provision_response("garage-door") == images.garage.topic
+    assert is_request_id(small_ok.request_id)
+    assert 0x3000 == small_ok.partition_size
+    assert {
+        "device_key",
+        "client_id",
+        "client_secret",
+        "token_url",
+        "base_url",
+        "wifi_password",
+    } == set(small_values)
+
+
+async def test_each_image_is_reported_as_a_provisioned_event_and_logged(fleet: Fleet) -> None:
+    images = await provision_two_devices(fleet)
+
+    ok, small_ok = ok_image(images.kitchen)[0], ok_image(images.garage)[0]
+    provisioned = [
+        AgentEvent.model_validate(e) for e in images.events if e["event"] == "provisioned"
+    ]
+    assert {
+        ("kitchen-01", 0x5000, ok.md5, "r-17"),
+        ("garage-door", 0x3000, small_ok.md5, small_ok.request_id),
+    } == {(e.device_id, e.partition_size, e.md5, e.request_id) for e in provisioned}
+    assert {"provisioned"} <= {entry["event"] for entry in images.logs}
+
+
+async def test_no_secret_reaches_the_events_or_the_logs(fleet: Fleet) -> None:
+    images = await provision_two_devices(fleet)
+
+    everything = json.dumps([*images.events, *images.logs], default=str)
+    for value in (*SECRETS, "GARAGE-SECRET-1"):
+        assert value not in everything
+
+
+async def test_mqtt_311_requester_gets_the_default_response_topic(fleet: Fleet) -> None:
+    async with (
+        running_agent(fleet.settings()),
+        requester(fleet.broker, aiomqtt.ProtocolVersion.V311) as station,
+    ):
+        await station.send("kitchen-01", {"request_id": "old-client", "partition_size": 0x4000})
+        reply = (await station.wait(1))[0]
+
     assert TOPICS.provision_response("kitchen-01") == reply.topic
     ok, values = ok_image(reply)
     assert "old-client" == ok.request_id
@@ -339,18 +365,16 @@ REFUSALS = [
 
 
 @pytest.mark.allow_contract_violations  # malformed requests on purpose; replies checked here
-def test_every_error_code_over_the_wire(fleet: Fleet) -> None:
+async def test_every_error_code_over_the_wire(fleet: Fleet) -> None:
     (fleet.config_dir / "broken.json").write_text("{}")
     (fleet.secrets_dir / "broken.json").write_text('{"client_secret": "BROKEN-SECRET-77", }')
 
-    async def scenario() -> list[Reply]:
-        async with running_agent(fleet.settings()), requester(fleet.broker) as station:
-            return [
-                await station.ask(case.device, case.payload, response_topic=case.response_topic)
-                for case in REFUSALS
-            ]
+    async with running_agent(fleet.settings()), requester(fleet.broker) as station:
+        replies = [
+            await station.ask(case.device, case.payload, response_topic=case.response_topic)
+            for case in REFUSALS
+        ]
 
-    replies = asyncio.run(scenario())
     for case, reply in zip(REFUSALS, replies, strict=True):
         request_id, code, message = error_of(reply)
         assert (case.device, case.code) == (reply.document["device_id"], code)
@@ -365,33 +389,31 @@ def test_every_error_code_over_the_wire(fleet: Fleet) -> None:
 
 @pytest.mark.allow_contract_violations  # malformed requests on purpose; replies checked here
 @pytest.mark.parametrize("group", ["broker-agents", ""])
-def test_retained_requests_are_refused_and_cleared(fleet: Fleet, group: str) -> None:
-    async def scenario() -> tuple[list[Reply], dict[str, bytes]]:
-        async with requester(fleet.broker) as station:
-            # retained before any agent subscribed: found at subscribe time
+async def test_retained_requests_are_refused_and_cleared(fleet: Fleet, group: str) -> None:
+    async with requester(fleet.broker) as station:
+        # retained before any agent subscribed: found at subscribe time
+        await station.send(
+            "kitchen-01", {"request_id": "before", "partition_size": 0x5000}, retain=True
+        )
+        await station.send("garage-door", b"garbage", retain=True)
+        async with running_agent(fleet.settings(provision_shared_group=group)):
+            await station.wait(2)
+            # retained while the agent is subscribed: seen live, with the retain flag
             await station.send(
-                "kitchen-01", {"request_id": "before", "partition_size": 0x5000}, retain=True
+                "kitchen-01",
+                {"request_id": "during", "partition_size": 0x5000},
+                retain=True,
+                response_topic="iot/provision/kitchen-01/response/x",
+                correlation=b"c-during",
             )
-            await station.send("garage-door", b"garbage", retain=True)
-            async with running_agent(fleet.settings(provision_shared_group=group)):
-                await station.wait(2)
-                # retained while the agent is subscribed: seen live, with the retain flag
-                await station.send(
-                    "kitchen-01",
-                    {"request_id": "during", "partition_size": 0x5000},
-                    retain=True,
-                    response_topic="iot/provision/kitchen-01/response/x",
-                    correlation=b"c-during",
-                )
-                await station.wait(3)
-                normal = await station.ask(
-                    "kitchen-01", {"request_id": "after", "partition_size": 0x5000}
-                )
-                assert "ok" == normal.document["status"]
-                left = await retained_snapshot(fleet.broker.url, "iot/provision/#")
-            return station.replies, left
+            await station.wait(3)
+            normal = await station.ask(
+                "kitchen-01", {"request_id": "after", "partition_size": 0x5000}
+            )
+            assert "ok" == normal.document["status"]
+            left = await retained_snapshot(fleet.broker.url, "iot/provision/#")
+    replies = station.replies
 
-    replies, left = asyncio.run(scenario())
     refused = {r.document["request_id"]: r for r in replies if r.document["status"] == "error"}
     assert 3 == len(refused)
     assert {"before", "during"} <= set(refused)
@@ -406,28 +428,22 @@ def test_retained_requests_are_refused_and_cleared(fleet: Fleet, group: str) -> 
 
 
 @pytest.mark.allow_contract_violations  # malformed requests on purpose; replies checked here
-def test_a_request_on_an_invalid_device_id_topic_gets_no_reply(fleet: Fleet) -> None:
+async def test_a_request_on_an_invalid_device_id_topic_gets_no_reply(fleet: Fleet) -> None:
     bad_ids = ("Kitchen-01", "-x", "a b", "x" * 65)
 
-    async def scenario() -> list[str]:
-        async with (
-            observe(fleet.broker.url, "#") as everything,
-            running_agent(fleet.settings()),
-            requester(fleet.broker) as station,
-        ):
-            for bad in bad_ids:
-                topic = f"iot/provision/{bad}/request"
-                await station.send("", {"request_id": "bad", "partition_size": 0x5000}, topic=topic)
-            # a valid request afterwards: once its answer is in, one to the others would be too
-            good = await station.ask("kitchen-01", {"request_id": "good", "partition_size": 0x5000})
-            await everything.wait_for(lambda: good.topic in everything.latest)
-            return [
-                str(m.topic)
-                for m in everything.messages
-                if str(m.topic).startswith("iot/provision/")
-            ]
+    async with (
+        observe(fleet.broker.url, "#") as everything,
+        running_agent(fleet.settings()),
+        requester(fleet.broker) as station,
+    ):
+        for bad in bad_ids:
+            topic = f"iot/provision/{bad}/request"
+            await station.send("", {"request_id": "bad", "partition_size": 0x5000}, topic=topic)
+        # a valid request afterwards: once its answer is in, one to the others would be too
+        good = await station.ask("kitchen-01", {"request_id": "good", "partition_size": 0x5000})
+        await everything.wait_for(lambda: good.topic in everything.latest)
+        seen = [topic for topic in everything.topics if topic.startswith("iot/provision/")]
 
-    seen = asyncio.run(scenario())
     requests = [f"iot/provision/{bad}/request" for bad in bad_ids] + [
         "iot/provision/kitchen-01/request"
     ]
@@ -437,32 +453,28 @@ def test_a_request_on_an_invalid_device_id_topic_gets_no_reply(fleet: Fleet) -> 
 # -- credentials at run time ------------------------------------------------------------------
 
 
-def test_an_edited_secrets_file_is_used_by_the_next_request(fleet: Fleet) -> None:
-    async def scenario() -> tuple[dict[str, str], dict[str, str]]:
-        async with running_agent(fleet.settings()), requester(fleet.broker) as station:
-            first = ok_image(await station.ask("kitchen-01", {"partition_size": 0x5000}))[1]
-            path = fleet.secrets_dir / "kitchen-01.json"
-            path.write_text(
-                json.dumps({**KITCHEN, "client_secret": "ROTATED", "mqtt_url": "mqtt://m"})
-            )
-            second = ok_image(await station.ask("kitchen-01", {"partition_size": 0x5000}))[1]
-            return first, second
+async def test_an_edited_secrets_file_is_used_by_the_next_request(fleet: Fleet) -> None:
+    async with running_agent(fleet.settings()), requester(fleet.broker) as station:
+        first = ok_image(await station.ask("kitchen-01", {"partition_size": 0x5000}))[1]
+        path = fleet.secrets_dir / "kitchen-01.json"
+        path.write_text(json.dumps({**KITCHEN, "client_secret": "ROTATED", "mqtt_url": "mqtt://m"}))
+        second = ok_image(await station.ask("kitchen-01", {"partition_size": 0x5000}))[1]
 
-    first, second = asyncio.run(scenario())
     assert KITCHEN["client_secret"] == first["client_secret"]
     assert "mqtt_url" not in first
     assert ("ROTATED", "mqtt://m") == (second["client_secret"], second["mqtt_url"])
 
 
-def test_issuing_is_idempotent_across_agent_restarts(fleet: Fleet) -> None:
+async def test_issuing_is_idempotent_across_agent_restarts(fleet: Fleet) -> None:
     settings = fleet.settings(issue_credentials=True)
 
-    async def once() -> dict[str, str]:
+    async def provision_lonely() -> dict[str, str]:
         async with running_agent(settings), requester(fleet.broker) as station:
             return ok_image(await station.ask("lonely", {"partition_size": 0x5000}))[1]
 
-    first = asyncio.run(once())
-    second = asyncio.run(once())
+    first = await provision_lonely()
+    second = await provision_lonely()
+
     path = fleet.secrets_dir / "lonely.json"
     stored = json.loads(path.read_text())
     assert "iotdevice-lonely" == first["client_id"] == stored["client_id"]
@@ -470,7 +482,7 @@ def test_issuing_is_idempotent_across_agent_restarts(fleet: Fleet) -> None:
     assert 0o600 == stat.S_IMODE(path.stat().st_mode)
 
 
-def test_internal_error_when_issued_credentials_cannot_be_stored(
+async def test_internal_error_when_issued_credentials_cannot_be_stored(
     fleet: Fleet, tmp_path: Path
 ) -> None:
     """A real failure, not a mock: the agent process may not write files (RLIMIT_FSIZE 0)."""
@@ -479,10 +491,9 @@ def test_internal_error_when_issued_credentials_cannot_be_stored(
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
 
-    agent_log = (tmp_path / "agent.log").open("wb")
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "PYTHONDONTWRITEBYTECODE": "1"}
-    process = subprocess.Popen(
-        [
+    with (tmp_path / "agent.log").open("wb") as agent_log:
+        process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "broker_agent.cli",
@@ -498,27 +509,23 @@ def test_internal_error_when_issued_credentials_cannot_be_stored(
             "--issue-credentials",
             "--log-format",
             "json",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=agent_log,
-        env=env,
-        preexec_fn=no_file_writes,
-    )
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=agent_log,
+            env=env,
+            preexec_fn=no_file_writes,
+        )
+        try:
+            async with observe(fleet.broker.url, TOPICS.agent_status("limited")) as status:
+                await status.wait_for(
+                    lambda: b'"online"' in status.latest.get(TOPICS.agent_status("limited"), b""),
+                    20,
+                )
+            async with requester(fleet.broker) as station:
+                reply = await station.ask("lonely", {"request_id": "i1", "partition_size": 0x5000})
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 10)
 
-    async def scenario() -> Reply:
-        async with observe(fleet.broker.url, TOPICS.agent_status("limited")) as status:
-            await status.wait_for(
-                lambda: b'"online"' in status.latest.get(TOPICS.agent_status("limited"), b""), 20
-            )
-        async with requester(fleet.broker) as station:
-            return await station.ask("lonely", {"request_id": "i1", "partition_size": 0x5000})
-
-    try:
-        reply = asyncio.run(scenario())
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(10)
-        agent_log.close()
     request_id, code, message = error_of(reply)
     assert ("i1", ProvisionErrorCode.INTERNAL_ERROR) == (request_id, code)
     assert "could not store issued credentials in lonely.json" in message
@@ -528,34 +535,32 @@ def test_internal_error_when_issued_credentials_cannot_be_stored(
 # -- replicas -------------------------------------------------------------------------------
 
 
-def test_two_agents_share_200_requests_without_duplicates_or_losses(fleet: Fleet) -> None:
-    async def scenario() -> tuple[list[Reply], dict[str, int]]:
-        async with (
-            observe(fleet.broker.url, "iot/agents/+/events") as events,
-            running_agent(fleet.settings(agent_id="replica-a")),
-            running_agent(fleet.settings(agent_id="replica-b")),
-            requester(fleet.broker) as station,
-        ):
-            for index in range(200):
-                await station.send(
-                    "kitchen-01",
-                    {"request_id": f"n-{index}", "partition_size": 0x3000},
-                    response_topic=f"iot/provision/kitchen-01/response/{index % 7}",
-                )
-            await station.wait(200)
-
-            def provisioned_by(agent: str) -> int:
-                found = events.json_on(TOPICS.agent_events(agent))
-                return sum(1 for event in found if event["event"] == "provisioned")
-
-            await events.wait_for(
-                lambda: provisioned_by("replica-a") + provisioned_by("replica-b") >= 200
+async def test_two_agents_share_200_requests_without_duplicates_or_losses(fleet: Fleet) -> None:
+    async with (
+        observe(fleet.broker.url, "iot/agents/+/events") as events,
+        running_agent(fleet.settings(agent_id="replica-a")),
+        running_agent(fleet.settings(agent_id="replica-b")),
+        requester(fleet.broker) as station,
+    ):
+        for index in range(200):
+            await station.send(
+                "kitchen-01",
+                {"request_id": f"n-{index}", "partition_size": 0x3000},
+                response_topic=f"iot/provision/kitchen-01/response/{index % 7}",
             )
-            await asyncio.sleep(0.3)  # room for a duplicate to show up, were there one
-            per_agent = {agent: provisioned_by(agent) for agent in ("replica-a", "replica-b")}
-            return list(station.replies), per_agent
+        await station.wait(200)
 
-    replies, per_agent = asyncio.run(scenario())
+        def provisioned_by(agent: str) -> int:
+            found = events.json_on(TOPICS.agent_events(agent))
+            return sum(1 for event in found if event["event"] == "provisioned")
+
+        await events.wait_for(
+            lambda: provisioned_by("replica-a") + provisioned_by("replica-b") >= 200
+        )
+        await asyncio.sleep(0.3)  # room for a duplicate to show up, were there one
+        per_agent = {agent: provisioned_by(agent) for agent in ("replica-a", "replica-b")}
+        replies = station.replies
+
     ids = [r.document["request_id"] for r in replies]
     assert 200 == len(ids)
     assert {f"n-{i}" for i in range(200)} == set(ids)
@@ -570,48 +575,10 @@ def test_two_agents_share_200_requests_without_duplicates_or_losses(fleet: Fleet
 # -- hypothesis: random payloads against one running agent -------------------------------------
 
 
-class AgentThread:
-    """The real agent on its own event loop in a thread, for tests whose body is synchronous."""
-
-    def __init__(self, settings: AgentSettings) -> None:
-        self.settings = settings
-        self.ready = threading.Event()
-        self.failed: BaseException | None = None
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, name="agent-thread", daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            async with running_agent(self.settings):
-                self.ready.set()
-                await self._stop.wait()
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # reported by the test through `failed`
-            self.failed = exc
-            self.ready.set()
-
-    def __enter__(self) -> AgentThread:
-        self._thread.start()
-        assert self.ready.wait(20)
-        if self.failed is not None:
-            raise self.failed
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-        assert self.failed is None
-
-
 @pytest.fixture
-def agent_thread(fleet: Fleet) -> Iterator[AgentThread]:
-    with AgentThread(fleet.settings()) as running:
+async def agent(fleet: Fleet) -> AsyncIterator[Agent]:
+    """One agent for the whole test: every hypothesis example runs in this loop while it runs."""
+    async with running_agent(fleet.settings()) as running:
         yield running
 
 
@@ -639,15 +606,12 @@ _payloads = st.one_of(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(payload=_payloads, device=st.sampled_from(["kitchen-01", "lonely", "nobody"]))
-def test_random_payloads_always_get_one_contract_valid_reply(
-    agent_thread: AgentThread, fleet: Fleet, payload: bytes, device: str
+async def test_random_payloads_always_get_one_contract_valid_reply(
+    agent: Agent, fleet: Fleet, payload: bytes, device: str
 ) -> None:
-    async def scenario() -> Reply:
-        async with requester(fleet.broker) as station:
-            reply = await station.ask(device, payload)
-            return reply
+    async with requester(fleet.broker) as station:
+        reply = await station.ask(device, payload)
 
-    reply = asyncio.run(scenario())
     assert TOPICS.provision_response(device) == reply.topic
     if reply.document["status"] == "ok":
         ok, _ = ok_image(reply)
@@ -667,34 +631,32 @@ def test_random_payloads_always_get_one_contract_valid_reply(
     assert is_request_id(reply.document["request_id"])
 
 
-def test_provision_requester_serves_concurrent_requests_on_one_routed_client(fleet: Fleet) -> None:
+async def test_provision_requester_serves_concurrent_requests_on_one_routed_client(
+    fleet: Fleet,
+) -> None:
     """The flash station's way: its own router hands messages to the requester."""
-
-    async def scenario() -> list[ProvisionedImage | BaseException]:
-        settings = fleet.settings()
-        async with running_agent(settings):
-            requester = ImageRequester(TOPICS, "station-1", 5)
-            declined: list[str] = []
-            router = Router(
-                TOPICS,
-                {TopicKind.PROVISION_RESPONSE: requester.on_response},
-                unmatched=lambda message: declined.append(message.topic),
+    settings = fleet.settings()
+    async with running_agent(settings):
+        requester = ImageRequester(TOPICS, "station-1", 5)
+        declined: list[str] = []
+        router = Router(
+            TOPICS,
+            {TopicKind.PROVISION_RESPONSE: requester.on_response},
+            unmatched=lambda message: declined.append(message.topic),
+        )
+        connection = make_connection(
+            settings, fleet.broker.url, client_id="requester", route=router
+        )
+        async with connection:
+            await requester.attach(connection)
+            kitchen, garage, nobody = await asyncio.gather(
+                requester.request("kitchen-01", 0x5000),
+                requester.request("garage-door", 0x3000, "job-7"),
+                requester.request("nobody", 0x5000),
+                return_exceptions=True,
             )
-            connection = make_connection(
-                settings, fleet.broker.url, client_id="requester", route=router
-            )
-            async with connection:
-                await requester.attach(connection)
-                results = await asyncio.gather(
-                    requester.request("kitchen-01", 0x5000),
-                    requester.request("garage-door", 0x3000, "job-7"),
-                    requester.request("nobody", 0x5000),
-                    return_exceptions=True,
-                )
-            assert [] == declined
-            return results
 
-    kitchen, garage, nobody = asyncio.run(scenario())
+    assert [] == declined
     assert isinstance(kitchen, ProvisionedImage) and isinstance(garage, ProvisionedImage)
     assert (
         KITCHEN["client_secret"] == parse_nvs(kitchen.data).strings(NVS_NAMESPACE)["client_secret"]
@@ -717,6 +679,13 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, out, err
 
 
+async def run_cli_beside(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """``run_cli`` in a thread, so that the agent in this loop keeps serving meanwhile."""
+    return await asyncio.to_thread(run_cli, argv, capsys)
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
@@ -724,27 +693,45 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def test_provision_command_online_and_offline_give_the_same_image(
-    agent_thread: AgentThread,
+def online_argv(device: str, output: Path, broker: Broker) -> list[str]:
+    return [
+        "provision",
+        device,
+        "--partition-size",
+        "0x5000",
+        "-o",
+        str(output),
+        "--broker-url",
+        broker.url,
+    ]
+
+
+def offline_argv(device: str, output: Path, fleet: Fleet) -> list[str]:
+    return [
+        "provision",
+        device,
+        "--partition-size",
+        "20480",
+        "-o",
+        str(output),
+        "--offline",
+        "--secrets-dir",
+        str(fleet.secrets_dir),
+        "--config-dir",
+        str(fleet.config_dir),
+    ]
+
+
+async def test_provision_command_writes_the_image_to_a_private_file(
+    agent: Agent,
     fleet: Fleet,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     clean_env: None,
 ) -> None:
-    online, offline = tmp_path / "online.bin", tmp_path / "offline.bin"
-    code, out, err = run_cli(
-        [
-            "provision",
-            "kitchen-01",
-            "--partition-size",
-            "0x5000",
-            "-o",
-            str(online),
-            "--broker-url",
-            fleet.broker.url,
-        ],
-        capsys,
-    )
+    online = tmp_path / "online.bin"
+    code, out, err = await run_cli_beside(online_argv("kitchen-01", online, fleet.broker), capsys)
+
     assert (0, "") == (code, err)
     assert (
         "keys: device_key, client_id, client_secret, token_url, base_url, wifi_ssid, wifi_password"
@@ -755,96 +742,99 @@ def test_provision_command_online_and_offline_give_the_same_image(
     assert 0o600 == stat.S_IMODE(online.stat().st_mode)
     for value in SECRETS:
         assert value not in out
-    code, offline_out, err = run_cli(
-        [
-            "provision",
-            "kitchen-01",
-            "--partition-size",
-            "20480",
-            "-o",
-            str(offline),
-            "--offline",
-            "--secrets-dir",
-            str(fleet.secrets_dir),
-            "--config-dir",
-            str(fleet.config_dir),
-        ],
-        capsys,
-    )
+
+
+async def test_provision_command_online_and_offline_give_the_same_image(
+    agent: Agent,
+    fleet: Fleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    clean_env: None,
+) -> None:
+    online, offline = tmp_path / "online.bin", tmp_path / "offline.bin"
+    _, out, _ = await run_cli_beside(online_argv("kitchen-01", online, fleet.broker), capsys)
+    code, offline_out, err = run_cli(offline_argv("kitchen-01", offline, fleet), capsys)
+
     assert (0, "") == (code, err)
     assert online.read_bytes() == offline.read_bytes()
     md5_line = next(line for line in out.splitlines() if line.startswith("md5: "))
     assert md5_line in offline_out
 
-    code, out, err = run_cli(
-        [
-            "provision",
-            "nobody",
-            "--partition-size",
-            "0x5000",
-            "-o",
-            str(tmp_path / "x.bin"),
-            "--broker-url",
-            fleet.broker.url,
-        ],
-        capsys,
-    )
+
+async def test_provision_command_reports_an_unknown_device(
+    agent: Agent,
+    fleet: Fleet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    clean_env: None,
+) -> None:
+    output = tmp_path / "x.bin"
+    code, _, err = await run_cli_beside(online_argv("nobody", output, fleet.broker), capsys)
+
     assert 1 == code
     assert err.startswith("error: unknown_device: ")
-    assert not (tmp_path / "x.bin").exists()
+    assert not output.exists()
 
 
-def test_provision_command_failures_and_exit_codes(
-    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_env: None
+PROVISION = ["provision", "kitchen-01", "--partition-size", "0x5000"]
+
+
+def test_provision_command_without_a_broker_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_env: None
 ) -> None:
-    out_file = str(tmp_path / "x.bin")
-    code, _, err = run_cli(
-        ["provision", "kitchen-01", "--partition-size", "0x5000", "-o", out_file], capsys
-    )
+    output = tmp_path / "x.bin"
+    code, _, err = run_cli([*PROVISION, "-o", str(output)], capsys)
+
     assert 2 == code
     assert "needs a broker" in err and 1 == len(err.strip().splitlines())
-    code, _, err = run_cli(
-        ["provision", "Bad Id", "--partition-size", "0x5000", "-o", out_file, "--offline"], capsys
-    )
+    assert not output.exists()
+
+
+def test_provision_command_refuses_an_invalid_device_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_env: None
+) -> None:
+    output = tmp_path / "x.bin"
+    argv = ["provision", "Bad Id", "--partition-size", "0x5000", "-o", str(output), "--offline"]
+    code, _, err = run_cli(argv, capsys)
+
     assert 2 == code and "device_id" in err
-    code, _, err = run_cli(
-        [
-            "provision",
-            "kitchen-01",
-            "--partition-size",
-            "0x5000",
-            "-o",
-            out_file,
-            "--broker-url",
-            broker.url,
-            "--timeout",
-            "0.5",
-        ],
-        capsys,
-    )
+    assert not output.exists()
+
+
+def test_provision_command_times_out_when_no_agent_answers(
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_env: None
+) -> None:
+    output = tmp_path / "x.bin"
+    argv = [*PROVISION, "-o", str(output), "--broker-url", broker.url, "--timeout", "0.5"]
+    code, _, err = run_cli(argv, capsys)
+
     assert 1 == code
     assert err.startswith("error: provisioning_timeout: no answer")
-    code, _, err = run_cli(
-        [
-            "provision",
-            "kitchen-01",
-            "--partition-size",
-            "0x5001",
-            "-o",
-            out_file,
-            "--offline",
-            "--secrets-dir",
-            str(tmp_path),
-        ],
-        capsys,
-    )
+    assert not output.exists()
+
+
+def test_provision_command_reports_an_invalid_partition_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_env: None
+) -> None:
+    output = tmp_path / "x.bin"
+    argv = ["provision", "kitchen-01", "--partition-size", "0x5001", "-o", str(output)]
+    code, _, err = run_cli([*argv, "--offline", "--secrets-dir", str(tmp_path)], capsys)
+
     assert (
         1,
         "error: invalid_partition_size: partition_size must be a multiple of 4096 and >= 12288\n",
     ) == (code, err)
+    assert not output.exists()
+
+
+def test_provision_command_reports_an_unreachable_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_env: None
+) -> None:
+    output = tmp_path / "x.bin"
     nobody_listens = f"mqtt://127.0.0.1:{free_port()}"
-    argv = ["provision", "kitchen-01", "--partition-size", "0x5000", "-o", out_file]
-    code, _, err = run_cli([*argv, "--broker-url", nobody_listens, "--timeout", "2"], capsys)
+    argv = [*PROVISION, "-o", str(output), "--broker-url", nobody_listens, "--timeout", "2"]
+    code, _, err = run_cli(argv, capsys)
+
     assert 1 == code
     assert err.startswith("error: broker_unavailable: ")
-    assert not Path(out_file).exists()
+    assert not output.exists()
