@@ -16,7 +16,9 @@ from broker_agent.broker.process import MosquittoProcess
 from broker_agent.events import AgentEvents, agent_online, agent_presence
 from broker_agent.fleet.plan import PruneGuard
 from broker_agent.fleet.publisher import ConfigPublisher
+from broker_agent.fleet.tracker import FleetTracker
 from broker_agent.fleet.watcher import DirectoryWatcher
+from broker_agent.fleet.writer import ConfigWriter
 from broker_agent.logs import get_logger
 from broker_agent.mqtt import (
     Backoff,
@@ -57,6 +59,9 @@ class Agent:
             event_limit=s.event_detail_limit,
         )
         self.publisher.on_batch_done = self._announce
+        self.tracker = FleetTracker(self.topics, s.agent_id, s.pending_grace_s)
+        self.publisher.retained_listeners.append(self.tracker.on_config)
+        self.writer = ConfigWriter(s, self.topics, self.events, self.publisher)
         self.responder = ProvisioningResponder(s, self.topics, self.events)
         self.watcher = DirectoryWatcher(
             s.config_dir,
@@ -86,6 +91,9 @@ class Agent:
                 TopicKind.DEVICE_CONFIG: self.publisher.on_message,
                 TopicKind.AGENT_SYNC: self.publisher.on_message,
                 TopicKind.PROVISION_REQUEST: self.responder.on_message,
+                TopicKind.DEVICE_CONFIG_APPLIED: self.tracker.on_message,
+                TopicKind.DEVICE_STATUS: self.tracker.on_message,
+                TopicKind.CONFIG_SET: self.writer.on_message,
             },
             unmatched=self.responder.on_unmatched,
         )
@@ -111,10 +119,13 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(connection.wait_disconnected(), name="mqtt-connection")
+                await self.tracker.subscribe(connection)  # before the publisher's sync marker
                 await self.publisher.subscribe_and_sync(connection)
                 await self.publisher.reconcile(connection)
                 group.create_task(self.publisher.drain(connection), name="config-drain")
+                group.create_task(self.tracker.publish_summaries(connection), name="fleet-summary")
                 await self.responder.start(connection, group)
+                await self.writer.start(connection, group)
                 payload = agent_online(
                     self.settings.agent_id, len(self.publisher.retained), self.since
                 )

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker_agent.errors import SetupError
+from firmware_contracts.codes import DEFAULT_PENDING_GRACE_S
 from firmware_contracts.identifiers import check_identifier
 from firmware_contracts.topics import DEFAULT_ROOT, check_root
 
@@ -52,6 +53,12 @@ class MqttSettings(BaseSettings):
     )
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    pending_grace_s: float = Field(
+        default=DEFAULT_PENDING_GRACE_S,
+        gt=0,
+        description="How long a new config may wait for its ack before the device counts as "
+        "stale or never_applied (contract 6.2).",
+    )
 
     @field_validator("topic_root")
     @classmethod
@@ -95,6 +102,11 @@ class AgentSettings(MqttSettings):
         "emits one summary event with a count instead of one event per device.",
     )
     publish_concurrency: int = Field(default=128, ge=1, le=1000)
+    config_writes: bool = Field(
+        default=True,
+        description="Accept config writes over MQTT (config/set, contract 6.3); false answers "
+        "writes_disabled.",
+    )
     provision_shared_group: str | None = Field(
         default="broker-agents",
         description="MQTT v5 shared-subscription group for provisioning requests "
