@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
 
-import aiomqtt
 import pytest
 from pydantic import SecretStr
 
 from firmware_contracts.topics import Topics
 from tests.support.agent import agent_settings, running_agent
+from tests.support.mqtt import observe
 from tests.support.secure_broker import (
     DEVICE_SECRETS,
     NOT_AUTHORIZED,
@@ -32,52 +29,6 @@ TOPICS = Topics("iot")
 AGENT_STATUS = TOPICS.agent_status("test-agent")
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@dataclass(eq=False)
-class Inbox:
-    """Messages one client received, in order; ``closed`` holds when its connection dropped."""
-
-    messages: list[tuple[str, bytes]] = field(default_factory=list)
-    closed_at: float | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def payloads(self, topic: str) -> list[bytes]:
-        return [payload for t, payload in self.messages if t == topic]
-
-    async def wait_until(self, predicate: object, timeout: float = 10) -> None:
-        assert callable(predicate)
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-
-
-@asynccontextmanager
-async def receiving(client: aiomqtt.Client, *filters: str) -> AsyncIterator[Inbox]:
-    """Connect, subscribe (each SUBACK awaited) and record until the connection drops."""
-    inbox = Inbox()
-    async with client:
-        for topic_filter in filters:
-            await client.subscribe(topic_filter, qos=1)
-
-        async def pump() -> None:
-            try:
-                async for message in client.messages:
-                    assert isinstance(message.payload, bytes)
-                    inbox.messages.append((message.topic.value, message.payload))
-                    inbox.changed.set()
-            except aiomqtt.MqttError:
-                inbox.closed_at = time.monotonic()
-                inbox.changed.set()
-
-        task = asyncio.create_task(pump(), name="inbox")
-        try:
-            yield inbox
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
 
 
 async def test_no_account_on_the_loopback_listener_can_take_the_agents_client_id(
@@ -100,8 +51,11 @@ async def test_no_account_on_the_loopback_listener_can_take_the_agents_client_id
     )
     marker = TOPICS.flash_response("station-2")
     observer = b.client("station-2", tls=True, client_id="station-2")
-    async with running_agent(settings) as agent, receiving(observer, AGENT_STATUS, marker) as seen:
-        await seen.wait_until(lambda: seen.payloads(AGENT_STATUS))
+    async with (
+        running_agent(settings) as agent,
+        observe(observer, AGENT_STATUS, marker, qos=1) as seen,
+    ):
+        await seen.wait_for(lambda: seen.payloads(AGENT_STATUS))
         for intruder in ("operator", "station-1"):
             async with b.client(intruder, identifier=settings.agent_id) as client:
                 # a round trip: the broker has finished the CONNECT before we leave
@@ -112,7 +66,7 @@ async def test_no_account_on_the_loopback_listener_can_take_the_agents_client_id
         # Mosquitto sends the will of a session it hands over before it answers the CONNECT
         # that took it, so the will would be queued for the observer before this marker
         await observer.publish(marker, b"{}", qos=1)  # (its own connection: one per account)
-        await seen.wait_until(lambda: seen.payloads(marker))
+        await seen.wait_for(lambda: seen.payloads(marker))
         still_online = agent.online.is_set()
     states = [json.loads(payload)["state"] for payload in seen.payloads(AGENT_STATUS)]
     assert (["online"], True) == (states, still_online)
@@ -131,8 +85,8 @@ async def test_a_revoked_device_is_cut_off_at_the_reload(
     dev_b = b.client("dev-b", tls=True, client_id="dev-b")
     async with (
         running_auth_sync(b.auth) as sync,
-        receiving(dev_a, TOPICS.device_config("dev-a")) as seen_a,
-        receiving(dev_b, TOPICS.device_config("dev-b")) as seen_b,
+        observe(dev_a, TOPICS.device_config("dev-a"), qos=1) as seen_a,
+        observe(dev_b, TOPICS.device_config("dev-b"), qos=1) as seen_b,
     ):
         syncs = sync.syncs
         revoked: dict[str, str] = {"client_id": "c"}
@@ -145,7 +99,7 @@ async def test_a_revoked_device_is_cut_off_at_the_reload(
                 sync.synced.clear()
                 await sync.synced.wait()
         reloaded = time.monotonic()  # passwd rewritten and SIGHUP sent
-        await seen_a.wait_until(lambda: seen_a.closed_at is not None, timeout=10)
+        await seen_a.wait_for(lambda: seen_a.closed_at is not None, timeout=10)
         assert seen_a.closed_at is not None
         cut_off = seen_a.closed_at - reloaded
         print(
