@@ -11,7 +11,6 @@ tests/broker/conftest.py turns both into the fixtures ``certs`` and ``secure_bro
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -34,6 +33,7 @@ from pydantic import SecretStr
 from broker_agent.broker.auth_sync import BrokerAuthSettings, BrokerAuthSync
 from broker_agent.broker.process import free_port
 from broker_agent.settings import MqttSettings
+from tests.support.service import running
 
 PROJECT = Path(__file__).resolve().parents[2]
 NOT_AUTHORIZED = 0x87
@@ -229,14 +229,8 @@ def secure_broker(tmp_path: Path, certs: Any) -> Iterator[SecureBroker]:
 async def running_auth_sync(auth: BrokerAuthSettings) -> AsyncIterator[BrokerAuthSync]:
     """The agent's broker-auth service, running (first sync done, watching) until exit."""
     sync = BrokerAuthSync(auth)
-    task = asyncio.create_task(sync.run(), name="broker-auth-sync")
-    try:
-        await asyncio.wait_for(sync.ready.wait(), 10)
+    async with running(sync.run(), sync.ready, name="broker-auth-sync", timeout=10):
         yield sync
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
 
 
 async def connect_code(client: aiomqtt.Client) -> int:
