@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 import httpx
 
 from broker_agent.http.server import HttpServer
+from tests.support.service import running
 
 START_TIMEOUT_S = 10.0
 
@@ -19,21 +19,9 @@ async def serving(server: HttpServer, listen: str = "127.0.0.1:0") -> AsyncItera
 
     A start-up error (``SetupError``) is raised here instead of waiting for ``started``.
     """
-    task = asyncio.create_task(server.serve(listen), name="http-server-under-test")
-    started = asyncio.create_task(server.started.wait(), name="http-started")
-    try:
-        async with asyncio.timeout(START_TIMEOUT_S):
-            await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        started.cancel()
-    if task.done():
-        task.result()  # raises the start-up error
-    try:
+    serve = server.serve(listen)
+    async with running(serve, server.started, name="http-server", timeout=START_TIMEOUT_S):
         yield server
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
 
 
 def client(server: HttpServer) -> httpx.AsyncClient:
