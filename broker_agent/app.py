@@ -22,7 +22,6 @@ from broker_agent.fleet.writer import ConfigWriter
 from broker_agent.logs import get_logger
 from broker_agent.mqtt import (
     Backoff,
-    BrokerUrl,
     Connection,
     Router,
     make_connection,
@@ -47,7 +46,9 @@ class Agent:
         s = self.settings
         self.topics = Topics(s.topic_root)
         self.since = utc_timestamp()
-        self.presence = agent_presence(self.topics, s.agent_id)
+        self.presence = agent_presence(self.topics, s.agent_id).expiring(
+            s.presence_expiry_s, s.presence_refresh_s
+        )
         self.events = AgentEvents(self.topics, s.agent_id)
         self.publisher = ConfigPublisher(
             s.config_dir,
@@ -130,12 +131,13 @@ class Agent:
                     self.settings.agent_id, len(self.publisher.retained), self.since
                 )
                 await self.presence.announce(connection, payload, force=True)
+                group.create_task(self.presence.keep_fresh(connection), name="presence-refresh")
                 raise_if_cancelled()  # aiomqtt's wait_for may have swallowed a cancel
                 self.online.set()
                 log.info(
                     "agent_online",
                     agent_id=self.settings.agent_id,
-                    broker=BrokerUrl.parse(self.broker_url).display(),
+                    broker=connection.url.display(),
                 )
         except asyncio.CancelledError:
             await self.presence.withdraw(connection)

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker_agent.errors import SetupError
@@ -33,8 +33,8 @@ class MqttSettings(BaseSettings):
 
     broker_url: str | None = Field(
         default=None,
-        description="mqtt://[user:pass@]host[:port], mqtts://..., unix:///path. "
-        "Unset for `run`: start a private Mosquitto.",
+        description="mqtt://[user:pass@]host[:port], mqtts://..., unix:///path, or a "
+        "comma-separated list of them (tried in turn). Unset for `run`: start a private Mosquitto.",
     )
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
@@ -59,11 +59,37 @@ class MqttSettings(BaseSettings):
         description="How long a new config may wait for its ack before the device counts as "
         "stale or never_applied (contract 6.2).",
     )
+    presence_expiry_s: int = Field(
+        default=300,
+        ge=1,
+        description="Message expiry of the retained online status (a lost will shows a dead "
+        "service online at most this long).",
+    )
+    presence_refresh_s: float = Field(
+        default=120.0, gt=0, description="How often the online status is re-published."
+    )
 
     @field_validator("topic_root")
     @classmethod
     def _root(cls, value: str) -> str:
         return check_root(value)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_urls(cls, value: str | None) -> str | None:
+        """Spaces around the commas of a URL list are dropped (the URLs are checked at use)."""
+        if value is None:
+            return None
+        return ",".join(entry.strip() for entry in value.split(","))
+
+    @model_validator(mode="after")
+    def _refresh_before_expiry(self) -> MqttSettings:
+        if self.presence_refresh_s >= self.presence_expiry_s:
+            raise ValueError(
+                "presence_refresh_s must be shorter than presence_expiry_s, or the online "
+                "status expires between refreshes"
+            )
+        return self
 
     def password(self) -> str | None:
         if self.mqtt_password is not None:

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
 from broker_agent.errors import BrokerUnavailableError, FlashJobError, ProvisionFailure, SetupError
-from broker_agent.mqtt import BrokerUrl, Router, make_connection
+from broker_agent.mqtt import BrokerUrls, Router, make_connection
 from broker_agent.provisioning.offline import build_offline_image
 from broker_agent.provisioning.requester import ImageRequester
 from broker_agent.settings import AgentSettings, StationSettings
@@ -232,7 +232,7 @@ async def _run_online(
     except BrokerUnavailableError as exc:
         if result is None:
             raise SetupError(
-                f"cannot use the broker at {BrokerUrl.parse(url).display()}: {exc}"
+                f"cannot use the broker at {BrokerUrls.parse(url).display()}: {exc}"
             ) from None
     return result
 

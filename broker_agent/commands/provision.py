@@ -22,7 +22,7 @@ from broker_agent.errors import (
     SetupError,
 )
 from broker_agent.files import write_atomically
-from broker_agent.mqtt import BrokerUrl, Router, make_connection
+from broker_agent.mqtt import BrokerUrls, Router, make_connection
 from broker_agent.provisioning.messages import ProvisionedImage
 from broker_agent.provisioning.offline import build_offline_image
 from broker_agent.provisioning.requester import ImageRequester
@@ -83,7 +83,7 @@ def provision_command(args: argparse.Namespace, settings: AgentSettings) -> int:
 def request_scope(settings: MqttSettings, url: str, fallback: str) -> str:
     """Answers go below the MQTT user name when it is an identifier (the production ACL lets
     a station read only ``.../response/<its user name>/#``), else below ``fallback``."""
-    username = BrokerUrl.parse(url).username or settings.mqtt_username
+    username = BrokerUrls.parse(url).username or settings.mqtt_username
     return username if username is not None and is_identifier(username) else fallback
 
 

@@ -5,6 +5,14 @@ through ``Connection`` (publish, subscribe, unsubscribe with plain keyword argum
 receives ``Message`` values; aiomqtt's ``MqttError`` is translated here, once, into the
 project's ``BrokerUnavailableError`` (back off and reconnect).
 
+A connection is made for a list of broker URLs (``BrokerUrls``): entering it tries each URL
+once, starting at the list's position, and stays on the first that accepts. It then holds the
+broker's ``capabilities`` (from the CONNACK) and refuses, with a ``SetupError``, a broker this
+project cannot work with (no retained messages, no wildcards, QoS 0 only). Every DISCONNECT the
+broker sends and every refused SUBSCRIBE (SUBACK reason code 0x80 or above) is logged with its
+reason code and name; a refused SUBSCRIBE raises ``SubscriptionRefusedError`` (a ``SetupError``:
+retrying the same subscription would only be refused again).
+
 Measured traps handled here (see docs/benchmarks.md): aiomqtt leaves Nagle on (a 44 ms stall
 per reply), warns on every publish past 10 pending calls, and its message iterator costs a task
 and an ``asyncio.wait`` per message, so incoming messages are routed synchronously as they
@@ -16,68 +24,27 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker_agent.errors import BrokerUnavailableError, SetupError
+from broker_agent.logs import get_logger
+from broker_agent.mqtt.capabilities import LARGEST_PROVISIONING_REPLY, BrokerCapabilities
 from broker_agent.mqtt.properties import publish_properties, subscription_properties
+from broker_agent.mqtt.urls import BrokerUrl, BrokerUrls
 from broker_agent.settings import MqttSettings
 
+log = get_logger(__name__)
 
-@dataclass(frozen=True)
-class BrokerUrl:
-    scheme: str  # mqtt | mqtts | unix
-    host: str
-    port: int
-    path: str = ""
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerUrl:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme == "unix":
-            path = parts.path or parts.netloc
-            if not path:
-                raise SetupError(f"broker URL {url!r}: unix:// needs a socket path")
-            return cls("unix", "", 0, path=path)
-        if scheme not in ("mqtt", "mqtts"):
-            raise SetupError(
-                f"broker URL {_redact(url)!r}: scheme must be mqtt://, mqtts:// or unix://"
-            )
-        if not parts.hostname:
-            raise SetupError(f"broker URL {_redact(url)!r} has no host")
-        try:
-            port = parts.port or (8883 if scheme == "mqtts" else 1883)
-        except ValueError as exc:
-            raise SetupError(f"broker URL {_redact(url)!r}: bad port") from exc
-        return cls(
-            scheme,
-            parts.hostname,
-            port,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-        )
-
-    def display(self) -> str:
-        """The URL without credentials, for logs."""
-        if self.scheme == "unix":
-            return f"unix://{self.path}"
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+__all__ = ["BrokerUrl", "BrokerUrls", "Connection", "Message", "Will", "make_connection"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +66,8 @@ class Message:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     subscription_ids: tuple[int, ...] = ()
+    user_properties: tuple[tuple[str, str], ...] = ()
+    expiry_s: int | None = None  # what is left of its Message Expiry Interval, when it has one
 
     @classmethod
     def from_aiomqtt(cls, message: aiomqtt.Message) -> Message:
@@ -115,6 +84,8 @@ class Message:
             getattr(props, "ResponseTopic", None),
             bytes(correlation) if correlation is not None else None,
             tuple(getattr(props, "SubscriptionIdentifier", ()) or ()),
+            tuple(getattr(props, "UserProperty", ()) or ()),
+            getattr(props, "MessageExpiryInterval", None),
         )
 
 
@@ -142,31 +113,162 @@ def _routing_queue(route: Route) -> type[RoutingQueue]:
     return type("BoundRoutingQueue", (RoutingQueue,), {"route": staticmethod(route)})
 
 
+class SubscriptionRefusedError(SetupError):
+    """The broker refused a SUBSCRIBE (SUBACK reason code 0x80 or above)."""
+
+    def __init__(self, topic_filter: str, code: int, reason: str) -> None:
+        super().__init__(
+            f"the broker refused the subscription to {topic_filter}: {reason} (0x{code:02X})"
+        )
+        self.topic_filter = topic_filter
+        self.code = code
+        self.reason = reason
+
+
+def _reason(code: Any) -> tuple[str, str]:
+    """A reason code as (``0x95``, ``Packet too large``); paho hands ints for local errors."""
+    if isinstance(code, ReasonCode):
+        return f"0x{code.value:02X}", str(code)
+    if isinstance(code, int):
+        return f"{code}", paho.error_string(code)
+    return str(code), str(code)
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, also keeping the CONNACK properties and logging the broker's DISCONNECT.
+
+    aiomqtt drops both; these overrides of its paho callbacks record them and hand on.
+    """
+
+    connack_properties: Properties | None = None
+    url_display: str = ""
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        self.connack_properties = properties
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        if flags.is_disconnect_packet_from_server:
+            code, name = _reason(reason_code)
+            log.warning(
+                "broker_sent_disconnect",
+                url=self.url_display,
+                code=code,
+                reason=name,
+                reason_string=getattr(properties, "ReasonString", None),
+            )
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+
+ClientFactory = Callable[[BrokerUrl], _Client]
+
+
 class Connection:
     """An MQTT v5 client: ``async with connection:`` connects; failures are translated.
 
-    Every method raises ``BrokerUnavailableError`` when the broker is gone or refuses.
+    Every method raises ``BrokerUnavailableError`` when the broker is gone or refuses;
+    ``subscribe`` raises ``SubscriptionRefusedError`` when the broker refuses that filter.
+    ``url`` is the broker URL in use (or to be tried next); ``capabilities`` what its CONNACK
+    announced.
     """
 
-    def __init__(self, client: aiomqtt.Client, url: BrokerUrl, client_id: str) -> None:
-        self._client = client
-        self.url = url
+    def __init__(
+        self,
+        urls: BrokerUrls,
+        client_id: str,
+        build: ClientFactory,
+        *,
+        require_features: bool = True,
+    ) -> None:
+        self.urls = urls
         self.client_id = client_id
+        self.capabilities = BrokerCapabilities()
+        self._build = build
+        self._require_features = require_features
+        self._client: _Client | None = None
+
+    @property
+    def url(self) -> BrokerUrl:
+        return self.urls.current
+
+    @property
+    def client(self) -> aiomqtt.Client:
+        if self._client is None:
+            raise BrokerUnavailableError("not connected")
+        return self._client
 
     async def __aenter__(self) -> Connection:
-        try:
-            await self._client.__aenter__()
-        except aiomqtt.MqttError as exc:
-            raise BrokerUnavailableError(f"cannot connect to {self.url.display()}: {exc}") from exc
-        except OSError as exc:  # refused, unreachable, TLS handshake: all mean "try again later"
-            raise BrokerUnavailableError(
-                f"cannot connect to {self.url.display()}: {exc.strerror or exc}"
-            ) from exc
-        return self
+        """Try each URL once from ``urls.position``; stay on the first that accepts."""
+        failures: list[str] = []
+        for _ in range(len(self.urls)):
+            url = self.urls.current
+            client = self._build(url)
+            try:
+                await client.__aenter__()
+            except (aiomqtt.MqttError, OSError) as exc:  # refused, unreachable, TLS, CONNACK
+                reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+                failures.append(f"{url.display()}: {reason}")
+                if len(self.urls) > 1:
+                    log.warning("broker_connect_failed", url=url.display(), error=reason)
+                self.urls.next()
+                continue
+            self._client = client
+            await self._check_capabilities(client, url)
+            return self
+        raise BrokerUnavailableError(f"cannot connect to {'; '.join(failures)}")
+
+    async def _check_capabilities(self, client: _Client, url: BrokerUrl) -> None:
+        self.capabilities = BrokerCapabilities.from_connack(client.connack_properties)
+        problem = self.capabilities.required_problem()
+        if problem is not None and self._require_features:
+            with suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
+            self._client = None
+            raise SetupError(f"the broker at {url.display()} {problem}")
+        log.info(
+            "broker_connected",
+            url=url.display(),
+            client_id=self.client_id,
+            **self.capabilities.as_log(),
+        )
+        if self._require_features and not self.capabilities.fits(LARGEST_PROVISIONING_REPLY):
+            log.warning(
+                "broker_packet_limit_small",
+                url=url.display(),
+                maximum_packet_size=self.capabilities.maximum_packet_size,
+                consequence="provisioning replies larger than this get the agent disconnected",
+            )
+
+    def abort(self) -> None:
+        """Drop the connection without a DISCONNECT, as a crash would: the broker sends the will.
+
+        (check-broker and the tests; aiomqtt keeps paho's client, whose socket this is, in
+        ``_client``.)
+        """
+        sock = self.client._client.socket()
+        if isinstance(sock, socket.socket):  # also ssl.SSLSocket
+            sock.shutdown(socket.SHUT_RDWR)
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
         try:
-            await self._client.__aexit__(*exc_info)
+            await client.__aexit__(*exc_info)
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailableError(str(exc)) from exc
 
@@ -180,13 +282,17 @@ class Connection:
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
         expiry_s: int | None = None,
+        user_properties: Sequence[tuple[str, str]] = (),
         timeout: float | None = None,
     ) -> None:
         properties = publish_properties(
-            response_topic=response_topic, correlation_data=correlation_data, expiry_s=expiry_s
+            response_topic=response_topic,
+            correlation_data=correlation_data,
+            expiry_s=expiry_s,
+            user_properties=user_properties,
         )
         try:
-            await self._client.publish(
+            await self.client.publish(
                 topic, payload, qos=qos, retain=retain, properties=properties, timeout=timeout
             )
         except aiomqtt.MqttError as exc:
@@ -202,15 +308,22 @@ class Connection:
         retain_handling: int = 0,
         subscription_id: int | None = None,
         timeout: float | None = None,
-    ) -> None:
+    ) -> int:
+        """Subscribe; returns the granted QoS. A refusal raises ``SubscriptionRefusedError``.
+
+        A subscription identifier is left out when the broker has none (sending one anyway is a
+        protocol error it would disconnect us for).
+        """
         options = SubscribeOptions(
             qos=qos,
             noLocal=no_local,
             retainAsPublished=retain_as_published,
             retainHandling=retain_handling,
         )
+        if not self.capabilities.subscription_identifiers:
+            subscription_id = None
         try:
-            await self._client.subscribe(
+            granted = await self.client.subscribe(
                 topic_filter,
                 options=options,
                 properties=subscription_properties(subscription_id),
@@ -218,10 +331,23 @@ class Connection:
             )
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailableError(f"subscribe to {topic_filter} failed: {exc}") from exc
+        for code in granted:
+            value = code.value if isinstance(code, ReasonCode) else int(code)
+            if value >= 0x80:
+                reason = _reason(code)[1]
+                log.error(
+                    "subscription_refused",
+                    topic_filter=topic_filter,
+                    code=f"0x{value:02X}",
+                    reason=reason,
+                )
+                raise SubscriptionRefusedError(topic_filter, value, reason)
+        first = granted[0] if granted else qos
+        return first.value if isinstance(first, ReasonCode) else int(first)
 
     async def unsubscribe(self, topic_filter: str, *, timeout: float | None = None) -> None:
         try:
-            await self._client.unsubscribe(topic_filter, timeout=timeout)
+            await self.client.unsubscribe(topic_filter, timeout=timeout)
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailableError(f"unsubscribe from {topic_filter} failed: {exc}") from exc
 
@@ -232,7 +358,7 @@ class Connection:
         notices the end of the connection.
         """
         try:
-            async for message in self._client.messages:
+            async for message in self.client.messages:
                 del message  # only queued when no route was given
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailableError(f"connection lost: {exc}") from exc
@@ -241,7 +367,7 @@ class Connection:
     async def messages(self) -> AsyncIterator[Message]:
         """Incoming messages, for a connection made without a route."""
         try:
-            async for message in self._client.messages:
+            async for message in self.client.messages:
                 yield Message.from_aiomqtt(message)
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailableError(f"connection lost: {exc}") from exc
@@ -249,59 +375,59 @@ class Connection:
 
 def make_connection(
     settings: MqttSettings,
-    url: str,
+    url: str | BrokerUrls,
     *,
     client_id: str,
     will: Will | None = None,
     timeout: float = 10.0,
     route: Route | None = None,
+    require_features: bool = True,
 ) -> Connection:
-    """An MQTT v5 connection for ``url``, with TCP_NODELAY, TLS and credentials from settings.
+    """An MQTT v5 connection to ``url`` (one URL or a comma-separated list), with TCP_NODELAY,
+    TLS and credentials from settings (a URL's own user name and password win).
 
     With ``route``, every incoming message is handed to it as it arrives (see RoutingQueue).
+    ``require_features=False`` connects to a broker this project could not use (check-broker).
     """
-    broker = BrokerUrl.parse(url)
-    username = broker.username or settings.mqtt_username
-    password = broker.password if broker.password is not None else settings.password()
-    tls_context: ssl.SSLContext | None = None
-    if broker.scheme == "mqtts":
-        tls_context = ssl.create_default_context(
-            cafile=str(settings.ca_file) if settings.ca_file else None
+    urls = BrokerUrls.parse(url) if isinstance(url, str) else url
+    password = settings.password()
+
+    def build(broker: BrokerUrl) -> _Client:
+        tls_context: ssl.SSLContext | None = None
+        if broker.scheme == "mqtts":
+            tls_context = ssl.create_default_context(
+                cafile=str(settings.ca_file) if settings.ca_file else None
+            )
+            if settings.tls_insecure:
+                tls_context.check_hostname = False
+                tls_context.verify_mode = ssl.CERT_NONE
+        socket_options: list[tuple[int, int, int]] = []
+        if broker.scheme != "unix":
+            socket_options.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
+        client = _Client(
+            broker.path if broker.scheme == "unix" else broker.host,
+            broker.port,
+            transport="unix" if broker.scheme == "unix" else "tcp",
+            identifier=client_id,
+            username=broker.username or settings.mqtt_username,
+            password=broker.password if broker.password is not None else password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=True,
+            will=(
+                aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain)
+                if will
+                else None
+            ),
+            tls_context=tls_context,
+            tls_insecure=settings.tls_insecure if tls_context else None,
+            socket_options=socket_options,
+            max_inflight_messages=1000,
+            timeout=timeout,
+            keepalive=30,
+            queue_type=_routing_queue(route) if route is not None else None,
         )
-        if settings.tls_insecure:
-            tls_context.check_hostname = False
-            tls_context.verify_mode = ssl.CERT_NONE
-    socket_options: list[tuple[int, int, int]] = []
-    if broker.scheme != "unix":
-        socket_options.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
-    client = aiomqtt.Client(
-        broker.path if broker.scheme == "unix" else broker.host,
-        broker.port,
-        transport="unix" if broker.scheme == "unix" else "tcp",
-        identifier=client_id,
-        username=username,
-        password=password,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=True,
-        will=(
-            aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain)
-            if will
-            else None
-        ),
-        tls_context=tls_context,
-        tls_insecure=settings.tls_insecure if tls_context else None,
-        socket_options=socket_options,
-        max_inflight_messages=1000,
-        timeout=timeout,
-        keepalive=30,
-        queue_type=_routing_queue(route) if route is not None else None,
-    )
-    client.pending_calls_threshold = 100_000  # its per-publish warning is noise for us
-    return Connection(client, broker, client_id)
+        client.pending_calls_threshold = 100_000  # its per-publish warning is noise for us
+        client.url_display = broker.display()
+        return client
 
-
-@asynccontextmanager
-async def connected(connection: Connection) -> AsyncIterator[Connection]:
-    """``async with connection`` (kept for call sites that read better this way)."""
-    async with connection:
-        yield connection
+    return Connection(urls, client_id, build, require_features=require_features)

@@ -10,6 +10,8 @@ against paho's own construction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -21,9 +23,11 @@ def publish_properties(
     response_topic: str | None = None,
     correlation_data: bytes | None = None,
     expiry_s: int | None = None,
+    user_properties: Sequence[tuple[str, str]] = (),
 ) -> Properties | None:
     """A fresh PUBLISH properties object; None when nothing is set."""
-    if response_topic is None and correlation_data is None and expiry_s is None:
+    nothing = response_topic is None and correlation_data is None and expiry_s is None
+    if nothing and not user_properties:
         return None
     props: Properties = Properties.__new__(Properties)
     vars(props).update(vars(_PUBLISH_TEMPLATE))
@@ -33,6 +37,8 @@ def publish_properties(
         object.__setattr__(props, "CorrelationData", bytes(correlation_data))
     if expiry_s is not None:
         object.__setattr__(props, "MessageExpiryInterval", int(expiry_s))
+    if user_properties:
+        object.__setattr__(props, "UserProperty", [(str(k), str(v)) for k, v in user_properties])
     return props
 
 
@@ -41,6 +47,7 @@ def paho_publish_properties(
     response_topic: str | None = None,
     correlation_data: bytes | None = None,
     expiry_s: int | None = None,
+    user_properties: Sequence[tuple[str, str]] = (),
 ) -> Properties:
     """The same, built through paho's validating constructor (the reference for tests)."""
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -50,6 +57,8 @@ def paho_publish_properties(
         props.CorrelationData = correlation_data
     if expiry_s is not None:
         props.MessageExpiryInterval = expiry_s
+    for pair in user_properties:
+        props.UserProperty = pair  # paho appends: UserProperty may repeat
     return props
 
 

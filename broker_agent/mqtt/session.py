@@ -4,6 +4,15 @@ aiomqtt has no automatic reconnect; its documented pattern is a loop around ``as
 that catches the error and sleeps. ``run_forever_connected`` is that loop, written once for
 the agent and the station: a fresh ``Connection`` per attempt, a jittered exponential backoff
 that resets after each successful connect, and ``BrokerUnavailableError`` as the only signal.
+
+Several broker URLs (``BROKER_AGENT_BROKER_URL=a,b,c``): each attempt is one round over the
+list, starting where the previous one left off; a URL that fails to connect passes to the next
+at once, and the backoff sleeps only after a whole round failed (so a dead node costs one
+connect timeout, not a backoff). A lost connection resumes at the URL after the lost one, after
+the backoff's first, short delay (it was reset by the connect): a node that dropped us is
+tried last. The URL in use is logged on each connect (``broker_connected``, display form).
+A ``SetupError`` (a broker without retained messages, a refused subscription) is not retried:
+it ends the loop and, through the service, the process (exit 2).
 """
 
 from __future__ import annotations
@@ -64,14 +73,24 @@ async def run_forever_connected(
     backoff: Backoff,
     on_disconnect: Callable[[Exception, float], None],
 ) -> None:
-    """The reconnect loop: run ``session`` on a fresh connection until cancelled."""
+    """The reconnect loop: run ``session`` on a fresh connection until cancelled.
+
+    ``connect`` may build each connection from the same URL string: the loop carries the
+    position in the URL list from one connection to the next.
+    """
+    position = 0
     while True:
+        connection = connect()
+        connection.urls.position = position % len(connection.urls)
+        connected = False
         try:
-            async with connect() as connection:
+            async with connection:
+                connected = True
                 backoff.reset()
                 await session(connection)
         except* BrokerUnavailableError as group:
             _forget_leaked_cancels()
+            position = connection.urls.position + (1 if connected else 0)
             delay = backoff.next_delay()
             on_disconnect(group.exceptions[0], delay)
             await asyncio.sleep(delay)

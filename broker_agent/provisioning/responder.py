@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from broker_agent.errors import BrokerUnavailableError, ProvisionFailure, SetupError
 from broker_agent.events import AgentEvents
 from broker_agent.logs import get_logger
-from broker_agent.mqtt import Connection, Message, raise_if_cancelled
+from broker_agent.mqtt import Connection, Message, raise_if_cancelled, shared_filter
 from broker_agent.provisioning.credentials import CredentialStore
 from broker_agent.provisioning.messages import (
     build_image,
@@ -162,7 +162,9 @@ class ProvisioningResponder:
         for index in range(self.concurrency):
             group.create_task(self._work(connection, queue), name=f"provision-worker-{index}")
         request_filter = self.topics.filter(TopicKind.PROVISION_REQUEST)
-        if self.group is None:
+        # a broker without shared subscriptions gets the plain filter (and a warning)
+        subscribe_to = shared_filter(connection.capabilities, self.group, request_filter)
+        if subscribe_to == request_filter:
             await connection.subscribe(
                 request_filter,
                 qos=1,
@@ -172,7 +174,7 @@ class ProvisioningResponder:
             )
             return
         await connection.subscribe(
-            f"$share/{self.group}/{request_filter}",
+            subscribe_to,
             qos=1,
             retain_as_published=True,
             retain_handling=2,

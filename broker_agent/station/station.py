@@ -31,7 +31,6 @@ from broker_agent.errors import BrokerUnavailableError, FlashJobError, SetupErro
 from broker_agent.logs import get_logger
 from broker_agent.mqtt import (
     Backoff,
-    BrokerUrl,
     Connection,
     Message,
     Presence,
@@ -123,7 +122,13 @@ class Station:
         self._scan = PortScan((), frozenset())
         offline = StationStatus(state=PresenceState.OFFLINE, station_id=self.station_id)
         spec = TOPICS[TopicKind.STATION_STATUS]
-        self.presence = Presence(self._status_topic, offline.to_json(), qos=spec.qos)
+        self.presence = Presence(
+            self._status_topic,
+            offline.to_json(),
+            qos=spec.qos,
+            expiry_s=settings.presence_expiry_s,
+            refresh_s=settings.presence_refresh_s,
+        )
         self._connection: Connection | None = None
         self._connected = asyncio.Event()
         self._status_dirty = asyncio.Event()
@@ -219,12 +224,13 @@ class Station:
                 self._connected.set()
                 await self._publish_status(connection, force=True)
                 group.create_task(self._publish_status_changes(connection), name="station-status")
+                group.create_task(self.presence.keep_fresh(connection), name="presence-refresh")
                 raise_if_cancelled()  # aiomqtt's wait_for may have swallowed a cancel
                 self.online.set()
                 log.info(
                     "station_online",
                     station_id=self.station_id,
-                    broker=BrokerUrl.parse(self.broker_url).display(),
+                    broker=connection.url.display(),
                     ports=[port.port for port in self._ports()],
                 )
         except asyncio.CancelledError:
