@@ -1,4 +1,4 @@
-"""``broker-agent``: run | station | provision | flash.
+"""``broker-agent``: run | station | provision | flash | broker-auth | check-broker.
 
 Every option also reads ``BROKER_AGENT_<OPTION>`` from the environment; a flag given on the
 command line wins. Errors a user can fix end the process with one line on stderr and exit 2.
@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument("--config-dir")
     auth.add_argument("--service-accounts-file")
     auth.add_argument("--topic-root", help="topic root (default: iot)")
+
+    check = commands.add_parser(
+        "check-broker",
+        help="check that a broker has every feature broker-agent needs (docs/scaling.md)",
+    )
+    _add_mqtt_options(check)
+    check.add_argument("url", nargs="?", help="broker URL (default: BROKER_AGENT_BROKER_URL)")
+    check.add_argument("url2", nargs="?", help="a second URL of the same broker (cluster node)")
+    check.add_argument(
+        "--prefix", help="topic prefix for the test messages (default: <root>/check-broker)"
+    )
 
     flash = commands.add_parser("flash", help="provision one attached board now")
     _add_mqtt_options(flash)
@@ -213,6 +224,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         write_broker_auth(settings_from(args, AgentSettings), out_dir)
         print(f"wrote {out_dir / 'passwd'} and {out_dir / 'acl'}")
         return 0
+    if args.command == "check-broker":
+        from broker_agent.commands.check_broker import check_broker_command
+
+        mqtt_settings: MqttSettings = settings_from(args, MqttSettings)
+        configure_logging(mqtt_settings.log_format, args.log_level or "warning")
+        return check_broker_command(args, mqtt_settings)
     if args.command == "provision":
         from broker_agent.commands.provision import provision_command
 
