@@ -1,30 +1,24 @@
 """The production profile against a real Mosquitto: mosquitto.prod.conf, generated passwd/acl.
 
-The fixture starts Mosquitto from the project's ``mosquitto.prod.conf`` with only its paths
-and ports replaced (TLS on a free port, the plain listener on another, both on loopback), with
-password and ACL files written by ``BrokerAuthSync`` from a secrets directory, and a CA and
-server certificate made by ``scripts/make_certs.py``.
+The ``secure_broker`` fixture (tests/broker/conftest.py, tests/support/secure_broker.py) starts
+Mosquitto from the project's ``mosquitto.prod.conf`` with only its paths and ports replaced.
+The profile binds client ids to user names on every listener, so each account holds one
+connection: a test publishes through the connection that also observes for that account.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import os
 import secrets
-import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiomqtt
@@ -33,204 +27,24 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
-from broker_agent.broker.auth_sync import BrokerAuthSettings, BrokerAuthSync
-from broker_agent.broker.process import free_port
+from broker_agent.broker.auth_sync import BrokerAuthSync
 from broker_agent.commands.provision import request_image_online
 from broker_agent.provisioning.credentials import CredentialStore
-from broker_agent.settings import MqttSettings
 from firmware_contracts.topics import Topics
 from tests.support.agent import agent_settings, running_agent
 from tests.support.nvs_parser import parse_nvs
+from tests.support.secure_broker import (
+    DEVICE_SECRETS,
+    NOT_AUTHORIZED,
+    SecureBroker,
+    connect_code,
+    make_certs,
+    write_json,
+)
 
-PROJECT = Path(__file__).resolve().parents[2]
 TOPICS = Topics("iot")
-NOT_AUTHORIZED = 0x87
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _load_make_certs() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_certs", PROJECT / "scripts/make_certs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_certs", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_certs = _load_make_certs()
-
-SERVICE_ACCOUNTS = {
-    "agents": {"test-agent": "agent-" + secrets.token_urlsafe(12)},
-    "stations": {
-        "station-1": "st1-" + secrets.token_urlsafe(12),
-        "station-2": "st2-" + secrets.token_urlsafe(12),
-    },
-    "operators": {"operator": "op-" + secrets.token_urlsafe(12)},
-}
-DEVICE_SECRETS = {"dev-a": secrets.token_urlsafe(24), "dev-b": secrets.token_urlsafe(24)}
-
-
-@dataclass
-class SecureBroker:
-    root: Path
-    tls_port: int
-    plain_port: int
-    certs: Any
-    auth: BrokerAuthSettings
-    passwords: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log_path = self.root / "mosquitto.log"
-
-    @property
-    def config_dir(self) -> Path:
-        return self.auth.config_dir
-
-    @property
-    def secrets_dir(self) -> Path:
-        return self.auth.secrets_dir
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def settings(self, user: str, password: str | None = None) -> MqttSettings:
-        secret = password if password is not None else self.passwords[user]
-        return MqttSettings(
-            mqtt_username=user, mqtt_password=SecretStr(secret), ca_file=self.certs.ca_cert
-        )
-
-    def client(
-        self, user: str | None, password: str | None = None, *, tls: bool = False, **kw: Any
-    ) -> aiomqtt.Client:
-        """A v5 client on the plain loopback listener, or on the TLS one (our CA)."""
-        if user is not None and password is None:
-            password = self.passwords[user]
-        identifier = kw.pop("client_id", None) or kw.pop("identifier", None)
-        host, port, tls_context = "127.0.0.1", self.plain_port, None
-        if tls:
-            host, port = "localhost", self.tls_port
-            tls_context = ssl.create_default_context(cafile=str(self.certs.ca_cert))
-        return aiomqtt.Client(
-            host,
-            port,
-            username=user,
-            password=password,
-            identifier=identifier or f"{user}-{secrets.token_hex(3)}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=tls_context,
-            **kw,
-        )
-
-    def start(self) -> None:
-        conf = self.root / "mosquitto.conf"
-        conf.write_text(prod_config_for_test(self), encoding="utf-8")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                ["mosquitto", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log_path.read_text()[-2000:]}")
-            with suppress(OSError), socket.create_connection(("127.0.0.1", self.plain_port), 0.2):
-                if self.auth.pid_file is not None and self.auth.pid_file.exists():
-                    return
-            time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def prod_config_for_test(broker: SecureBroker) -> str:
-    """mosquitto.prod.conf with the image's paths and ports swapped for the test's own."""
-    text = (PROJECT / "mosquitto.prod.conf").read_text(encoding="utf-8")
-    auth, certs = broker.auth, broker.certs
-    paths = {
-        "/mosquitto/data/auth/passwd": auth.passwd_file,
-        "/mosquitto/data/auth/acl": auth.acl_file,
-        "/mosquitto/data/auth/mosquitto.pid": auth.pid_file,
-        "/mosquitto/config/certs/ca.crt": certs.ca_cert,
-        "/mosquitto/config/certs/server.crt": certs.server_cert,
-        "/mosquitto/config/certs/server.key": certs.server_key,
-        "/mosquitto/data/": f"{broker.root / 'data'}/",
-    }
-    listeners = {
-        "listener 8883": f"listener {broker.tls_port} 127.0.0.1",
-        "listener 1883 127.0.0.1": f"listener {broker.plain_port} 127.0.0.1",
-    }
-    lines = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped in listeners:
-            line = listeners[stripped]
-        elif not stripped.startswith("#") and len(stripped.split()) == 2:
-            key, value = stripped.split()
-            if value in paths:
-                line = f"{key} {paths[value]}"
-        lines.append(line)
-    result = "\n".join(lines) + "\n"
-    active = [ln for ln in result.splitlines() if ln.strip() and not ln.startswith("#")]
-    assert not [ln for ln in active if "/mosquitto/" in ln], "a production path was not mapped"
-    assert sum(ln.startswith("listener ") for ln in active) == 2
-    (broker.root / "data").mkdir(exist_ok=True)
-    if os.geteuid() == 0:
-        result += "user root\n"  # as root, mosquitto would drop to `mosquitto` first
-    return result
-
-
-def write_json(path: Path, document: dict[str, Any]) -> None:
-    path.write_text(json.dumps(document), encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return make_certs.make_certs(tmp_path_factory.mktemp("certs"), ["broker.test"])
-
-
-@pytest.fixture
-def secure_broker(tmp_path: Path, certs: Any) -> Iterator[SecureBroker]:
-    if shutil.which("mosquitto") is None:
-        pytest.fail("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
-    secrets_dir, config_dir = tmp_path / "secrets", tmp_path / "configs"
-    secrets_dir.mkdir(mode=0o700)
-    config_dir.mkdir()
-    write_json(secrets_dir / "_broker_users.json", SERVICE_ACCOUNTS)
-    write_json(secrets_dir / "_fleet.json", {"token_url": "https://t", "base_url": "https://b"})
-    for device_id, secret in DEVICE_SECRETS.items():
-        write_json(secrets_dir / f"{device_id}.json", {"client_id": "c", "client_secret": secret})
-        write_json(config_dir / f"{device_id}.json", {"name": device_id})
-    auth_dir = tmp_path / "auth"
-    auth = BrokerAuthSettings(
-        secrets_dir=secrets_dir,
-        config_dir=config_dir,
-        passwd_file=auth_dir / "passwd",
-        acl_file=auth_dir / "acl",
-        pid_file=auth_dir / "mosquitto.pid",
-        debounce_ms=20,
-    )
-    passwords = {user: pw for group in SERVICE_ACCOUNTS.values() for user, pw in group.items()}
-    broker = SecureBroker(
-        tmp_path, free_port(), free_port(), certs, auth, {**passwords, **DEVICE_SECRETS}
-    )
-    # the files exist before the broker starts (it refuses to start without them)
-    assert BrokerAuthSync(auth).sync_blocking().changed
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -245,29 +59,56 @@ def publish_codes(
     return [publish_code(broker, user, topic, payload, retain) for topic, payload in messages]
 
 
-def publish_code(broker: SecureBroker, user: str, topic: str, payload: bytes, retain: bool) -> int:
+def publish_code(
+    broker: SecureBroker,
+    user: str,
+    topic: str,
+    payload: bytes,
+    retain: bool,
+    *,
+    seen: list[str] | None = None,
+) -> int:
+    """One QoS 1 publish on its own connection; its PUBACK reason code.
+
+    With ``seen``, the connection first subscribes to ``#`` and appends the topic of every
+    message delivered to it before the PUBACK (Mosquitto delivers a publish to its matching
+    subscribers, the sender included, before it acknowledges it): with one connection per
+    account, this is how an account observes what its own publish reaches.
+    """
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"pub-{user}-{secrets.token_hex(3)}",
         protocol=paho.MQTTv5,
     )
     client.username_pw_set(user, broker.passwords[user])
-    connected, acked = threading.Event(), threading.Event()
+    connected, subscribed, acked = threading.Event(), threading.Event(), threading.Event()
     codes: list[int] = []
 
     def on_connect(*args: Any) -> None:
         connected.set()
+
+    def on_subscribe(*args: Any) -> None:
+        subscribed.set()
+
+    def on_message(c: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        if seen is not None and not acked.is_set() and not message.retain:
+            seen.append(message.topic)
 
     def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         codes.append(reason.value)
         acked.set()
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
     client.on_publish = on_publish
     client.connect("127.0.0.1", broker.plain_port)
     client.loop_start()
     try:
         assert connected.wait(10), "paho did not connect"
+        if seen is not None:
+            client.subscribe("#", qos=1)
+            assert subscribed.wait(10), "no SUBACK"
         client.publish(topic, payload, qos=1, retain=retain)
         assert acked.wait(10), f"no PUBACK for {topic}"
     finally:
@@ -285,8 +126,19 @@ async def publish(broker: SecureBroker, user: str, *topics: str, retain: bool = 
 
 @dataclass(eq=False)
 class Seen:
+    """What one account's connection received; ``publish`` sends on that same connection."""
+
+    client: aiomqtt.Client
     topics: list[str] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def publish(self, *topics: str, retain: bool = False) -> None:
+        """Publish (allowed) messages in order, each acknowledged before the next.
+
+        A refused one (0x87) would cost the connection, and the waits that follow time out.
+        """
+        for topic in topics:
+            await self.client.publish(topic, b"{}", qos=1, retain=retain)
 
     async def wait_for(self, topic: str, timeout: float = 10) -> None:
         async with asyncio.timeout(timeout):
@@ -297,7 +149,7 @@ class Seen:
 
 @asynccontextmanager
 async def subscribed(client: aiomqtt.Client, *filters: str) -> AsyncIterator[Seen]:
-    seen = Seen()
+    seen = Seen(client)
     async with client:
         for topic_filter in filters:
             await client.subscribe(topic_filter, qos=1)
@@ -314,16 +166,6 @@ async def subscribed(client: aiomqtt.Client, *filters: str) -> AsyncIterator[See
             task.cancel()
             with suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await task
-
-
-async def connect_code(client: aiomqtt.Client) -> int:
-    """0 when the connection is accepted, else the CONNACK reason code."""
-    try:
-        async with client:
-            return 0
-    except aiomqtt.MqttCodeError as exc:
-        rc: Any = exc.rc  # a paho ReasonCode on MQTT v5
-        return int(getattr(rc, "value", rc))
 
 
 def t(suffix: str) -> str:
@@ -365,27 +207,24 @@ def test_each_identity_sees_only_its_own_topics(secure_broker: SecureBroker) -> 
             subscribed(b.client("station-2"), "#") as st2,
             subscribed(b.client("operator"), "#") as operator,
             subscribed(b.client("test-agent"), "#") as agent,
-            subscribed(b.client("test-agent"), "$share/agents/iot/provision/+/request") as shared,
+            subscribed(b.client("test-agent-2"), "$share/agents/iot/provision/+/request") as shared,
         ):
-            # every message below is published by its rightful owner (each PUBACK is 0)
-            await publish(b, "test-agent", t("devices/dev-a/config"), t("devices/dev-b/config"))
-            await publish(b, "test-agent", t("agents/test-agent/status"), retain=True)
-            await publish(
-                b,
-                "test-agent",
+            # every message below is published by its rightful owner, on the account's one
+            # connection (the profile binds client ids to user names on every listener)
+            await agent.publish(t("devices/dev-a/config"), t("devices/dev-b/config"))
+            await agent.publish(t("agents/test-agent/status"), retain=True)
+            await agent.publish(
                 t("agents/test-agent/events"),
                 t("provision/dev-b/response/station-2/j1"),
                 t("provision/dev-a/response/station-1/j2"),
                 t("provision/dev-b/response"),
             )
-            await publish(b, "station-1", t("stations/station-1/status"), retain=True)
-            await publish(
-                b, "station-1", t("stations/station-1/flash/response"), t("provision/dev-b/request")
-            )
-            await publish(b, "station-2", t("stations/station-2/status"), retain=True)
-            await publish(b, "operator", t("stations/station-1/flash/request"))
-            await publish(b, "dev-b", t("devices/dev-b/config/applied"))
-            await publish(b, "dev-a", t("devices/dev-a/config/applied"))
+            await st1.publish(t("stations/station-1/status"), retain=True)
+            await st1.publish(t("stations/station-1/flash/response"), t("provision/dev-b/request"))
+            await st2.publish(t("stations/station-2/status"), retain=True)
+            await operator.publish(t("stations/station-1/flash/request"))
+            await publish(b, "dev-b", t("devices/dev-b/config/applied"))  # (no dev-b observer)
+            await dev_a.publish(t("devices/dev-a/config/applied"))
             # markers: each subscriber's last message; everything above reached it before
             markers = {
                 dev_a: t("devices/dev-a/config"),
@@ -395,8 +234,8 @@ def test_each_identity_sees_only_its_own_topics(secure_broker: SecureBroker) -> 
                 operator: t("agents/test-agent/events"),
                 shared: t("provision/end/request"),
             }
-            await publish(b, "test-agent", *sorted(set(markers.values()) - {markers[shared]}))
-            await publish(b, "station-1", markers[shared])
+            await agent.publish(*sorted(set(markers.values()) - {markers[shared]}))
+            await st1.publish(markers[shared])
             for seen, marker in markers.items():
                 await seen.wait_for(marker)
             return {
@@ -468,25 +307,31 @@ def test_publishing_outside_ones_rights_is_refused_and_never_delivered(
         "operator": [t("devices/dev-a/config"), t("provision/dev-a/request")],
     }
 
-    async def main() -> tuple[dict[str, list[int]], list[str], list[str]]:
-        async with (
-            subscribed(b.client("test-agent"), "#") as agent,
-            subscribed(b.client("station-1"), "#") as station,
-        ):
-            codes = {}
-            for user, topics in forged.items():
-                messages = [(topic, b"forged") for topic in topics]
-                codes[user] = await asyncio.to_thread(publish_codes, b, user, messages)
-            await publish(b, "dev-a", t("devices/dev-a/config/applied"))
-            await publish(b, "test-agent", t("provision/dev-a/response/station-1/end"))
-            await agent.wait_for(t("devices/dev-a/config/applied"))
-            await station.wait_for(t("provision/dev-a/response/station-1/end"))
-            return codes, agent.topics, station.topics
+    def forge(user: str, seen: list[str] | None = None) -> list[int]:
+        codes = []
+        for topic in forged[user]:
+            codes.append(publish_code(b, user, topic, b"forged", retain=False, seen=seen))
+        return codes
 
-    codes, agent_saw, station_saw = asyncio.run(main())
+    async def main() -> tuple[dict[str, list[int]], list[str], list[str], list[str]]:
+        codes = {}
+        async with subscribed(b.client("test-agent"), "#") as agent:
+            async with subscribed(b.client("station-1"), "#") as station:
+                for user in ("dev-a", "operator"):
+                    codes[user] = await asyncio.to_thread(forge, user)
+                await agent.publish(t("provision/dev-a/response/station-1/end"))
+                await station.wait_for(t("provision/dev-a/response/station-1/end"))
+            # station-1's own forgeries: its one connection watches '#' while it publishes
+            station_self: list[str] = []
+            codes["station-1"] = await asyncio.to_thread(forge, "station-1", station_self)
+            await publish(b, "dev-a", t("devices/dev-a/config/applied"))
+            await agent.wait_for(t("devices/dev-a/config/applied"))
+        return codes, agent.topics, station.topics, station_self
+
+    codes, agent_saw, station_saw, station_self = asyncio.run(main())
     assert {user: [NOT_AUTHORIZED] * len(topics) for user, topics in forged.items()} == codes
     assert [t("devices/dev-a/config/applied")] == agent_saw
-    assert [t("provision/dev-a/response/station-1/end")] == station_saw
+    assert ([t("provision/dev-a/response/station-1/end")], []) == (station_saw, station_self)
 
 
 def test_issued_credentials_reach_the_broker_without_a_restart(
