@@ -28,6 +28,8 @@ PARTITION_TYPE_DATA = 0x01
 APP_SUBTYPE_FACTORY = 0x00
 DATA_SUBTYPE_PHY = 0x01
 DATA_SUBTYPE_NVS = 0x02
+DATA_SUBTYPE_NVS_KEYS = 0x04  # ESP-IDF gen_esp32part.py: the keys of an encrypted NVS
+PARTITION_FLAG_ENCRYPTED = 0x01  # flags bit 0
 
 _ENTRY = struct.Struct("<2sBBLL16sL")
 _ENTRY_MAGIC = b"\xaa\x50"
@@ -154,24 +156,75 @@ def _describe(entry: PartitionEntry) -> str:
 
 
 def find_nvs_partition(
-    entries: Sequence[PartitionEntry], name: str = NVS_PARTITION_NAME
+    entries: Sequence[PartitionEntry],
+    name: str = NVS_PARTITION_NAME,
+    *,
+    flash_size: int | None = None,
 ) -> PartitionEntry:
-    """Return the entry called ``name``; it must be of type data (1), subtype nvs (2)."""
-    for entry in entries:
-        if entry.name == name:
-            if (entry.type, entry.subtype) != (PARTITION_TYPE_DATA, DATA_SUBTYPE_NVS):
-                raise PartitionTableError(
-                    FlashErrorCode.NVS_SUBTYPE_MISMATCH,
-                    f"partition {name!r} is {_describe(entry)}, "
-                    f"expected data/nvs (type {PARTITION_TYPE_DATA:#04x} "
-                    f"subtype {DATA_SUBTYPE_NVS:#04x})",
-                )
-            return entry
-    found = ", ".join(repr(entry.name) for entry in entries) or "none"
+    """The entry called ``name``, if a station can write a plain NVS image into it.
+
+    Checked in this order, each its own contract code (6.5), so the operator is told the
+    real problem: no entry at all (an erased board, ``partition_table_unreadable``), no entry
+    called ``name`` (``nvs_partition_missing``), not data/nvs (``nvs_subtype_mismatch``),
+    NVS encryption in use (the entry flagged encrypted, or an ``nvs_keys`` partition:
+    ``nvs_encryption_unsupported``), and, when ``flash_size`` is known, an entry that does
+    not fit the chip's flash (``nvs_partition_out_of_range``).
+    """
+    if not entries:
+        raise _unreadable(
+            "no partition table at 0x8000 (the flash there is erased): "
+            "flash the firmware (bootloader, partition table, app) first"
+        )
+    entry = next((entry for entry in entries if entry.name == name), None)
+    if entry is None:
+        found = ", ".join(repr(entry.name) for entry in entries)
+        raise PartitionTableError(
+            FlashErrorCode.NVS_PARTITION_MISSING,
+            f"no partition named {name!r} in the partition table (found: {found})",
+        )
+    if (entry.type, entry.subtype) != (PARTITION_TYPE_DATA, DATA_SUBTYPE_NVS):
+        raise PartitionTableError(
+            FlashErrorCode.NVS_SUBTYPE_MISMATCH,
+            f"partition {name!r} is {_describe(entry)}, "
+            f"expected data/nvs (type {PARTITION_TYPE_DATA:#04x} "
+            f"subtype {DATA_SUBTYPE_NVS:#04x})",
+        )
+    _check_not_encrypted(entries, entry)
+    if flash_size is not None and entry.offset + entry.size > flash_size:
+        raise PartitionTableError(
+            FlashErrorCode.NVS_PARTITION_OUT_OF_RANGE,
+            f"partition {name!r} ({entry.offset:#x}..{entry.offset + entry.size:#x}) does not "
+            f"fit the chip's {_size_text(flash_size)} flash: nothing written; fix partitions.csv "
+            "or the flash size the firmware was built for",
+        )
+    return entry
+
+
+def _check_not_encrypted(entries: Sequence[PartitionEntry], entry: PartitionEntry) -> None:
+    keys = [
+        e.name
+        for e in entries
+        if (e.type, e.subtype) == (PARTITION_TYPE_DATA, DATA_SUBTYPE_NVS_KEYS)
+    ]
+    if entry.flags & PARTITION_FLAG_ENCRYPTED:
+        reason = f"partition {entry.name!r} is flagged encrypted"
+    elif keys:
+        reason = f"the table has an nvs_keys partition ({keys[0]!r}): NVS encryption is on"
+    else:
+        return
     raise PartitionTableError(
-        FlashErrorCode.NVS_PARTITION_MISSING,
-        f"no partition named {name!r} in the partition table (found: {found})",
+        FlashErrorCode.NVS_ENCRYPTION_UNSUPPORTED,
+        f"{reason}; this station writes plain NVS images only: nothing written. "
+        "Build the firmware without NVS encryption for provisioning, or provision this board "
+        "with ESP-IDF's encrypted NVS tools",
     )
+
+
+def _size_text(size: int) -> str:
+    mb, kb = 1024 * 1024, 1024
+    if size % mb == 0:
+        return f"{size // mb} MB"
+    return f"{size // kb} KB" if size % kb == 0 else f"{size} byte"
 
 
 def default_partition_table() -> list[PartitionEntry]:

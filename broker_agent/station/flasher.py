@@ -24,7 +24,7 @@ from typing import Any
 import serial
 import structlog
 from esptool import cmds
-from esptool.util import FatalError
+from esptool.util import FatalError, flash_size_bytes
 
 from broker_agent.errors import FlashJobError
 from broker_agent.station import socket_port
@@ -221,7 +221,7 @@ class _FlashRun:
         if "://" not in name and not Path(name).exists():
             raise self._error(FlashErrorCode.PORT_NOT_FOUND, f"serial port {name} does not exist")
         try:
-            if name.startswith("socket://"):
+            if name.lower().startswith("socket://"):
                 port = socket_port.open_url(name, baudrate=ROM_BAUD, exclusive=True)
             else:
                 port = serial.serial_for_url(
@@ -294,13 +294,26 @@ class _FlashRun:
         code = FlashErrorCode.PARTITION_TABLE_UNREADABLE
         with self._translate(code, "could not read the partition table"):
             cmds.attach_flash(esp)
+            flash_size = self._flash_size(esp)
             data = cmds.read_flash(esp, PARTITION_TABLE_OFFSET, PARTITION_TABLE_MAX_SIZE)
         try:
-            self.partition = find_nvs_partition(parse_partition_table(data))
+            entries = parse_partition_table(data)
+            self.partition = find_nvs_partition(entries, flash_size=flash_size)
         except PartitionTableError as exc:
             raise self._error(exc.code, exc.message) from exc
         self._emit(19)
         return self.partition
+
+    def _flash_size(self, esp: Any) -> int | None:
+        """The chip's flash size from its JEDEC id (esptool's table); None when unknown.
+
+        Checked against the ``nvs`` partition before anything is written (contract 6.5): a
+        table built for a bigger chip would otherwise fail mid-write, or worse, wrap around.
+        """
+        size = flash_size_bytes(cmds.detect_flash_size(esp))
+        if size is None:
+            logger.warning("flash_size_unknown", port=self.job.port)
+        return int(size) if size is not None else None
 
     def _fetch(
         self, fetch_image: Callable[[PartitionEntry], bytes], partition: PartitionEntry

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from serial.tools import list_ports
 
@@ -46,12 +47,33 @@ def is_url(port: str) -> bool:
     return "://" in port
 
 
-def port_key(port: str) -> str:
-    """The identity of a port for "is it busy": a device path's target, or the URL itself.
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "127.0.0.1"})
 
-    ``/dev/serial/by-id/usb-...-port0`` and the ``/dev/ttyUSB0`` it links to are one port.
+
+def port_key(port: str) -> str:
+    """The identity of a port for "is it busy" (contract 6.5): one key for every spelling.
+
+    A device path is resolved (``/dev/serial/by-id/usb-...-port0`` and the ``/dev/ttyUSB0`` it
+    links to are one port; so are ``/dev/ttyUSB0/`` and ``/dev/../dev/ttyUSB0``). A URL keeps
+    only what picks the board: the scheme and host in lower case, ``localhost`` as
+    ``127.0.0.1``, the port as a number; a trailing ``/`` and pyserial's options
+    (``?logging=debug``) are dropped. No name lookup: this runs on the event loop.
     """
-    return port if is_url(port) else os.path.realpath(port)
+    if not is_url(port):
+        return os.path.realpath(port)
+    try:
+        parts = urlsplit(port.strip())
+        number = parts.port
+    except ValueError:  # a malformed URL is its own key; opening it fails later
+        return port
+    host = (parts.hostname or "").lower()
+    if host in _LOOPBACK_NAMES:
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    where = host if number is None else f"{host}:{number}"
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme.lower()}://{where}{path}"
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,21 @@ from typing import Any
 import pytest
 from esp_pylib.logger import log
 
-from broker_agent.simulator import BoardConfig, BoardServer, Fault, SimulatedBoard
+from broker_agent.errors import FlashJobError
+from broker_agent.simulator import (
+    MB,
+    BoardConfig,
+    BoardServer,
+    Fault,
+    SimulatedBoard,
+    encrypted_nvs,
+    nvs_past_end,
+    table_image,
+    with_nvs_keys,
+)
 from broker_agent.station.commands import JobRequest
 from broker_agent.station.esptool_log import JobLogBinding, bound_to, install
-from broker_agent.station.flasher import (
-    PHASE_RANGES,
-    FlashJobError,
-    FlashProgress,
-    run_flash_job,
-)
+from broker_agent.station.flasher import PHASE_RANGES, FlashProgress, run_flash_job
 from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase
 from firmware_contracts.partition_table import PartitionEntry
 
@@ -337,3 +343,50 @@ def test_router_sends_each_threads_progress_to_its_own_job() -> None:
 
     for name, total in totals.items():
         assert [(total // 10 * i, total) for i in range(1, 11)] == seen[name]
+
+
+# -- refusals that name the real problem (contract 6.5), nothing written -----------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "code"),
+    [
+        (BoardConfig(erased=True), FlashErrorCode.PARTITION_TABLE_UNREADABLE),
+        (BoardConfig(table_image=table_image([])), FlashErrorCode.PARTITION_TABLE_UNREADABLE),
+        (
+            BoardConfig(partitions=nvs_past_end(MB), flash_size=MB),
+            FlashErrorCode.NVS_PARTITION_OUT_OF_RANGE,
+        ),
+        (BoardConfig(partitions=encrypted_nvs()), FlashErrorCode.NVS_ENCRYPTION_UNSUPPORTED),
+        (BoardConfig(partitions=with_nvs_keys()), FlashErrorCode.NVS_ENCRYPTION_UNSUPPORTED),
+    ],
+    ids=["erased", "no-entry", "nvs-past-end", "encrypted-nvs", "nvs-keys"],
+)
+def test_unusable_tables_are_refused_before_fetching_or_writing(
+    config: BoardConfig, code: FlashErrorCode
+) -> None:
+    fetched: list[PartitionEntry] = []
+
+    def fetch(partition: PartitionEntry) -> bytes:
+        fetched.append(partition)
+        return image_for(partition)
+
+    with BoardServer(SimulatedBoard(config)) as server:
+        before = bytes(server.board.flash)
+        with pytest.raises(FlashJobError) as caught:
+            flash(server.url, fetch=fetch)
+        after = bytes(server.board.flash)
+
+    assert (code, FlashPhase.READING_PARTITION_TABLE) == (caught.value.code, caught.value.phase)
+    assert [] == fetched
+    assert before == after
+
+
+def test_the_flash_size_comes_from_the_chip() -> None:
+    """The same table fits a 2 MB chip: the size is the chip's, not a constant."""
+    entries = nvs_past_end(MB)
+    with BoardServer(SimulatedBoard(BoardConfig(partitions=entries, flash_size=2 * MB))) as server:
+        image, _ = flash(server.url)
+        written = bytes(server.board.flash[MB - 0x2000 : MB + 0x3000])
+
+    assert image == written
