@@ -117,6 +117,10 @@ class Observer:
         await self.wait_for(arrived, timeout)
         return self.messages[checked]
 
+    async def first_on(self, topic: str, timeout: float = WAIT_TIMEOUT_S) -> aiomqtt.Message:
+        """The first message received on ``topic`` (so far or later)."""
+        return await self.first(lambda m: str(m.topic) == topic, timeout)
+
     def _record(self, message: aiomqtt.Message) -> None:
         self.messages.append(message)
         self.latest[str(message.topic)] = payload_of(message)
@@ -157,7 +161,7 @@ async def retained_snapshot(
     """Everything the broker retains under a filter, as a fresh subscriber sees it."""
     async with observe(url, topic_filter, marker) as fresh:
         await fresh.client.publish(marker, b"end", qos=0)
-        end = await fresh.first(lambda m: str(m.topic) == marker)
+        end = await fresh.first_on(marker)
         before = fresh.messages[: fresh.messages.index(end)]
     return {str(m.topic): payload_of(m) for m in before}
 
