@@ -15,9 +15,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +24,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
-from broker_agent.broker.auth_sync import BrokerAuthSync
 from broker_agent.commands.provision import request_image_online
 from broker_agent.provisioning.credentials import CredentialStore
 from firmware_contracts.topics import Topics
 from tests.support.agent import agent_settings, running_agent
+from tests.support.mqtt import Observer, observe, payload_of
 from tests.support.nvs_parser import parse_nvs
 from tests.support.secure_broker import (
     DEVICE_SECRETS,
@@ -39,6 +36,7 @@ from tests.support.secure_broker import (
     SecureBroker,
     connect_code,
     make_certs,
+    running_auth_sync,
     write_json,
 )
 
@@ -124,48 +122,13 @@ async def publish(broker: SecureBroker, user: str, *topics: str, retain: bool = 
     assert [0] * len(topics) == [0 if c == 0x10 else c for c in codes], f"{user}: {codes}"
 
 
-@dataclass(eq=False)
-class Seen:
-    """What one account's connection received; ``publish`` sends on that same connection."""
+async def publish_on(account: Observer, *topics: str, retain: bool = False) -> None:
+    """Publish (allowed) messages on an account's one connection, each acknowledged in turn.
 
-    client: aiomqtt.Client
-    topics: list[str] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def publish(self, *topics: str, retain: bool = False) -> None:
-        """Publish (allowed) messages in order, each acknowledged before the next.
-
-        A refused one (0x87) would cost the connection, and the waits that follow time out.
-        """
-        for topic in topics:
-            await self.client.publish(topic, b"{}", qos=1, retain=retain)
-
-    async def wait_for(self, topic: str, timeout: float = 10) -> None:
-        async with asyncio.timeout(timeout):
-            while topic not in self.topics:
-                self.arrived.clear()
-                await self.arrived.wait()
-
-
-@asynccontextmanager
-async def subscribed(client: aiomqtt.Client, *filters: str) -> AsyncIterator[Seen]:
-    seen = Seen(client)
-    async with client:
-        for topic_filter in filters:
-            await client.subscribe(topic_filter, qos=1)
-
-        async def pump() -> None:
-            async for message in client.messages:
-                seen.topics.append(message.topic.value)
-                seen.arrived.set()
-
-        task = asyncio.create_task(pump(), name="security-observer")
-        try:
-            yield seen
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+    A refused one (0x87) would cost the connection, and the waits that follow time out.
+    """
+    for topic in topics:
+        await account.client.publish(topic, b"{}", qos=1, retain=retain)
 
 
 def t(suffix: str) -> str:
@@ -173,20 +136,16 @@ def t(suffix: str) -> str:
 
 
 # -- tests ------------------------------------------------------------------------------------
-def test_anonymous_and_wrong_passwords_are_refused(secure_broker: SecureBroker) -> None:
-    async def main() -> dict[str, int]:
-        b = secure_broker
-        return {
-            "anonymous": await connect_code(b.client(None)),
-            "wrong password": await connect_code(b.client("dev-a", "not-the-secret")),
-            "another device's secret": await connect_code(
-                b.client("dev-a", DEVICE_SECRETS["dev-b"])
-            ),
-            "unknown user": await connect_code(b.client("dev-zz", "whatever")),
-            "right password": await connect_code(b.client("dev-a")),
-        }
+async def test_anonymous_and_wrong_passwords_are_refused(secure_broker: SecureBroker) -> None:
+    b = secure_broker
+    codes = {
+        "anonymous": await connect_code(b.client(None)),
+        "wrong password": await connect_code(b.client("dev-a", "not-the-secret")),
+        "another device's secret": await connect_code(b.client("dev-a", DEVICE_SECRETS["dev-b"])),
+        "unknown user": await connect_code(b.client("dev-zz", "whatever")),
+        "right password": await connect_code(b.client("dev-a")),
+    }
 
-    codes = asyncio.run(main())
     assert {
         "anonymous": NOT_AUTHORIZED,
         "wrong password": NOT_AUTHORIZED,
@@ -196,96 +155,103 @@ def test_anonymous_and_wrong_passwords_are_refused(secure_broker: SecureBroker) 
     } == codes
 
 
-def test_each_identity_sees_only_its_own_topics(secure_broker: SecureBroker) -> None:
-    """Everyone subscribes to '#'; what each receives is exactly what the ACL grants it."""
-    b = secure_broker
-
-    async def main() -> dict[str, set[str]]:
-        async with (
-            subscribed(b.client("dev-a"), "#", "$share/devices/#") as dev_a,
-            subscribed(b.client("station-1"), "#", "$share/s/iot/provision/+/request") as st1,
-            subscribed(b.client("station-2"), "#") as st2,
-            subscribed(b.client("operator"), "#") as operator,
-            subscribed(b.client("test-agent"), "#") as agent,
-            subscribed(b.client("test-agent-2"), "$share/agents/iot/provision/+/request") as shared,
-        ):
-            # every message below is published by its rightful owner, on the account's one
-            # connection (the profile binds client ids to user names on every listener)
-            await agent.publish(t("devices/dev-a/config"), t("devices/dev-b/config"))
-            await agent.publish(t("agents/test-agent/status"), retain=True)
-            await agent.publish(
-                t("agents/test-agent/events"),
-                t("provision/dev-b/response/station-2/j1"),
-                t("provision/dev-a/response/station-1/j2"),
-                t("provision/dev-b/response"),
-            )
-            await st1.publish(t("stations/station-1/status"), retain=True)
-            await st1.publish(t("stations/station-1/flash/response"), t("provision/dev-b/request"))
-            await st2.publish(t("stations/station-2/status"), retain=True)
-            await operator.publish(t("stations/station-1/flash/request"))
-            await publish(b, "dev-b", t("devices/dev-b/config/applied"))  # (no dev-b observer)
-            await dev_a.publish(t("devices/dev-a/config/applied"))
-            # markers: each subscriber's last message; everything above reached it before
-            markers = {
-                dev_a: t("devices/dev-a/config"),
-                agent: t("devices/dev-a/config"),
-                st1: t("provision/dev-a/response/station-1/end"),
-                st2: t("provision/dev-a/response/station-2/end"),
-                operator: t("agents/test-agent/events"),
-                shared: t("provision/end/request"),
-            }
-            await agent.publish(*sorted(set(markers.values()) - {markers[shared]}))
-            await st1.publish(markers[shared])
-            for seen, marker in markers.items():
-                await seen.wait_for(marker)
-            return {
-                "dev-a": set(dev_a.topics),
-                "station-1": set(st1.topics),
-                "station-2": set(st2.topics),
-                "operator": set(operator.topics),
-                "agent": set(agent.topics),
-                "agent $share": set(shared.topics),
-            }
-
-    seen = asyncio.run(main())
-    assert {
-        "dev-a": {t("devices/dev-a/config")},
-        "station-1": {
-            t("stations/station-1/status"),
-            t("stations/station-1/flash/response"),
-            t("stations/station-1/flash/request"),
-            t("provision/dev-a/response/station-1/j2"),
-            t("provision/dev-a/response/station-1/end"),
-            t("agents/test-agent/status"),
-        },
-        "station-2": {
-            t("stations/station-2/status"),
+async def what_each_identity_sees(b: SecureBroker) -> dict[str, set[str]]:
+    """Everyone subscribes to '#'; every account publishes what it may, on its one connection."""
+    async with (
+        observe(b.client("dev-a"), "#", "$share/devices/#", qos=1) as dev_a,
+        observe(b.client("station-1"), "#", "$share/s/iot/provision/+/request", qos=1) as st1,
+        observe(b.client("station-2"), "#", qos=1) as st2,
+        observe(b.client("operator"), "#", qos=1) as operator,
+        observe(b.client("test-agent"), "#", qos=1) as agent,
+        observe(b.client("test-agent-2"), "$share/agents/iot/provision/+/request", qos=1) as shared,
+    ):
+        # every message below is published by its rightful owner, on the account's one
+        # connection (the profile binds client ids to user names on every listener)
+        await publish_on(agent, t("devices/dev-a/config"), t("devices/dev-b/config"))
+        await publish_on(agent, t("agents/test-agent/status"), retain=True)
+        await publish_on(
+            agent,
+            t("agents/test-agent/events"),
             t("provision/dev-b/response/station-2/j1"),
-            t("provision/dev-a/response/station-2/end"),
-            t("agents/test-agent/status"),
-        },
-        "operator": {
-            t("agents/test-agent/status"),
-            t("agents/test-agent/events"),
-            t("stations/station-1/status"),
-            t("stations/station-2/status"),
-            t("stations/station-1/flash/response"),
-        },
-        "agent": {
-            t("devices/dev-a/config"),
-            t("devices/dev-b/config"),
-            t("devices/dev-a/config/applied"),
-            t("devices/dev-b/config/applied"),
-            t("agents/test-agent/status"),
-            t("agents/test-agent/events"),
-            t("provision/dev-b/request"),
-            t("provision/end/request"),
-        },
-        "agent $share": {t("provision/dev-b/request"), t("provision/end/request")},
-    } == seen
+            t("provision/dev-a/response/station-1/j2"),
+            t("provision/dev-b/response"),
+        )
+        await publish_on(st1, t("stations/station-1/status"), retain=True)
+        await publish_on(st1, t("stations/station-1/flash/response"), t("provision/dev-b/request"))
+        await publish_on(st2, t("stations/station-2/status"), retain=True)
+        await publish_on(operator, t("stations/station-1/flash/request"))
+        await publish(b, "dev-b", t("devices/dev-b/config/applied"))  # (no dev-b observer)
+        await publish_on(dev_a, t("devices/dev-a/config/applied"))
+        # markers: each subscriber's last message; everything above reached it before
+        markers = {
+            dev_a: t("devices/dev-a/config"),
+            agent: t("devices/dev-a/config"),
+            st1: t("provision/dev-a/response/station-1/end"),
+            st2: t("provision/dev-a/response/station-2/end"),
+            operator: t("agents/test-agent/events"),
+            shared: t("provision/end/request"),
+        }
+        await publish_on(agent, *sorted(set(markers.values()) - {markers[shared]}))
+        await publish_on(st1, markers[shared])
+        for seen, marker in markers.items():
+            await seen.first_on(marker)
+        return {
+            "dev-a": set(dev_a.topics),
+            "station-1": set(st1.topics),
+            "station-2": set(st2.topics),
+            "operator": set(operator.topics),
+            "agent": set(agent.topics),
+            "agent $share": set(shared.topics),
+        }
 
 
-def test_publishing_outside_ones_rights_is_refused_and_never_delivered(
+GRANTED = {  # what each identity receives on '#' (or its shared subscription) and no more
+    "dev-a": {t("devices/dev-a/config")},
+    "station-1": {
+        t("stations/station-1/status"),
+        t("stations/station-1/flash/response"),
+        t("stations/station-1/flash/request"),
+        t("provision/dev-a/response/station-1/j2"),
+        t("provision/dev-a/response/station-1/end"),
+        t("agents/test-agent/status"),
+    },
+    "station-2": {
+        t("stations/station-2/status"),
+        t("provision/dev-b/response/station-2/j1"),
+        t("provision/dev-a/response/station-2/end"),
+        t("agents/test-agent/status"),
+    },
+    "operator": {
+        t("agents/test-agent/status"),
+        t("agents/test-agent/events"),
+        t("stations/station-1/status"),
+        t("stations/station-2/status"),
+        t("stations/station-1/flash/response"),
+    },
+    "agent": {
+        t("devices/dev-a/config"),
+        t("devices/dev-b/config"),
+        t("devices/dev-a/config/applied"),
+        t("devices/dev-b/config/applied"),
+        t("agents/test-agent/status"),
+        t("agents/test-agent/events"),
+        t("provision/dev-b/request"),
+        t("provision/end/request"),
+    },
+    "agent $share": {t("provision/dev-b/request"), t("provision/end/request")},
+}
+
+
+@pytest.mark.parametrize("identity", GRANTED)
+async def test_each_identity_sees_only_its_own_topics(
+    secure_broker: SecureBroker, identity: str
+) -> None:
+    seen = await what_each_identity_sees(secure_broker)
+
+    assert GRANTED[identity] == seen[identity]
+
+
+async def test_publishing_outside_ones_rights_is_refused_and_never_delivered(
     secure_broker: SecureBroker,
 ) -> None:
     b = secure_broker
@@ -313,85 +279,69 @@ def test_publishing_outside_ones_rights_is_refused_and_never_delivered(
             codes.append(publish_code(b, user, topic, b"forged", retain=False, seen=seen))
         return codes
 
-    async def main() -> tuple[dict[str, list[int]], list[str], list[str], list[str]]:
-        codes = {}
-        async with subscribed(b.client("test-agent"), "#") as agent:
-            async with subscribed(b.client("station-1"), "#") as station:
-                for user in ("dev-a", "operator"):
-                    codes[user] = await asyncio.to_thread(forge, user)
-                await agent.publish(t("provision/dev-a/response/station-1/end"))
-                await station.wait_for(t("provision/dev-a/response/station-1/end"))
-            # station-1's own forgeries: its one connection watches '#' while it publishes
-            station_self: list[str] = []
-            codes["station-1"] = await asyncio.to_thread(forge, "station-1", station_self)
-            await publish(b, "dev-a", t("devices/dev-a/config/applied"))
-            await agent.wait_for(t("devices/dev-a/config/applied"))
-        return codes, agent.topics, station.topics, station_self
+    codes = {}
+    async with observe(b.client("test-agent"), "#", qos=1) as agent:
+        async with observe(b.client("station-1"), "#", qos=1) as station:
+            for user in ("dev-a", "operator"):
+                codes[user] = await asyncio.to_thread(forge, user)
+            await publish_on(agent, t("provision/dev-a/response/station-1/end"))
+            await station.first_on(t("provision/dev-a/response/station-1/end"))
+        # station-1's own forgeries: its one connection watches '#' while it publishes
+        station_self: list[str] = []
+        codes["station-1"] = await asyncio.to_thread(forge, "station-1", station_self)
+        await publish(b, "dev-a", t("devices/dev-a/config/applied"))
+        await agent.first_on(t("devices/dev-a/config/applied"))
 
-    codes, agent_saw, station_saw, station_self = asyncio.run(main())
     assert {user: [NOT_AUTHORIZED] * len(topics) for user, topics in forged.items()} == codes
-    assert [t("devices/dev-a/config/applied")] == agent_saw
-    assert ([t("provision/dev-a/response/station-1/end")], []) == (station_saw, station_self)
+    assert [t("devices/dev-a/config/applied")] == agent.topics
+    assert ([t("provision/dev-a/response/station-1/end")], []) == (station.topics, station_self)
 
 
-def test_issued_credentials_reach_the_broker_without_a_restart(
+async def test_issued_credentials_reach_the_broker_without_a_restart(
     secure_broker: SecureBroker,
 ) -> None:
     b = secure_broker
     write_json(b.config_dir / "dev-new.json", {"name": "new"})
     pid_before = b.pid
 
-    async def main() -> tuple[int, int, bool]:
-        sync = BrokerAuthSync(b.auth)
-        task = asyncio.create_task(sync.run(), name="broker-auth-sync")
-        try:
-            await asyncio.wait_for(sync.ready.wait(), 10)
-            inode = b.auth.passwd_file.stat().st_ino
-            refused_before = await connect_code(b.client("dev-new", "anything"))
-            # the real issuing path, as the provisioning responder runs it
-            store = CredentialStore(b.secrets_dir, b.config_dir, issue=True)
-            secret = (await asyncio.to_thread(store.values_for, "dev-new"))["client_secret"]
-            deadline = time.monotonic() + 10
-            while (code := await connect_code(b.client("dev-new", secret))) != 0:
-                assert time.monotonic() < deadline, f"dev-new still refused ({code:#x})"
-                await asyncio.sleep(0.05)
-            # an edit that changes no credential rewrites nothing
-            syncs = sync.syncs
-            inode_after_issue = b.auth.passwd_file.stat().st_ino
-            write_json(b.config_dir / "dev-a.json", {"name": "renamed"})
-            async with asyncio.timeout(10):
-                while sync.syncs == syncs:
-                    sync.synced.clear()
-                    await sync.synced.wait()
-            unchanged = b.auth.passwd_file.stat().st_ino == inode_after_issue != inode
-            return refused_before, code, unchanged
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+    async with running_auth_sync(b.auth) as sync:
+        inode = b.auth.passwd_file.stat().st_ino
+        refused_before = await connect_code(b.client("dev-new", "anything"))
+        # the real issuing path, as the provisioning responder runs it
+        store = CredentialStore(b.secrets_dir, b.config_dir, issue=True)
+        secret = (await asyncio.to_thread(store.values_for, "dev-new"))["client_secret"]
+        deadline = time.monotonic() + 10
+        while (accepted := await connect_code(b.client("dev-new", secret))) != 0:
+            assert time.monotonic() < deadline, f"dev-new still refused ({accepted:#x})"
+            await asyncio.sleep(0.05)
+        # an edit that changes no credential rewrites nothing
+        syncs = sync.syncs
+        inode_after_issue = b.auth.passwd_file.stat().st_ino
+        write_json(b.config_dir / "dev-a.json", {"name": "renamed"})
+        async with asyncio.timeout(10):
+            while sync.syncs == syncs:
+                sync.synced.clear()
+                await sync.synced.wait()
+        unchanged = b.auth.passwd_file.stat().st_ino == inode_after_issue != inode
 
-    refused_before, accepted, unchanged = asyncio.run(main())
     assert (NOT_AUTHORIZED, 0, True) == (refused_before, accepted, unchanged)
     assert (pid_before, None) == (b.pid, b.process.poll() if b.process else "gone")
     assert 0o640 == b.auth.passwd_file.stat().st_mode & 0o777
 
 
-def test_tls_needs_the_generated_ca_and_binds_client_ids_to_users(
+async def test_tls_needs_the_generated_ca_and_binds_client_ids_to_users(
     secure_broker: SecureBroker, tmp_path: Path
 ) -> None:
     b = secure_broker
     other = make_certs.make_certs(tmp_path / "other-ca", ["broker.test"])
+    applied = t("devices/dev-a/config/applied")
 
-    async def main() -> bool:
-        async with b.client("test-agent", tls=True, client_id="test-agent") as agent:
-            await agent.subscribe(t("devices/dev-a/config/applied"), qos=1)
-            # a device that claims the agent's client id must not take over its session
-            async with b.client("dev-a", tls=True, client_id="test-agent") as device:
-                await device.publish(t("devices/dev-a/config/applied"), b"{}", qos=1)
-            async with asyncio.timeout(5):
-                message = await anext(agent.messages)
-            still_connected = message.topic.value == t("devices/dev-a/config/applied")
-        return still_connected
+    agent = b.client("test-agent", tls=True, client_id="test-agent")
+    async with observe(agent, applied, qos=1) as seen:
+        # a device that claims the agent's client id must not take over its session
+        async with b.client("dev-a", tls=True, client_id="test-agent") as device:
+            await device.publish(applied, b"{}", qos=1)
+        await seen.wait_for(lambda: seen.messages or seen.closed_at is not None, 5)
 
     def handshake(ca_file: Path) -> str:
         context = ssl.create_default_context(cafile=str(ca_file))
@@ -402,13 +352,21 @@ def test_tls_needs_the_generated_ca_and_binds_client_ids_to_users(
             except ssl.SSLCertVerificationError as exc:
                 return f"refused: {exc.verify_message}"
 
-    assert asyncio.run(main())
+    assert ([applied], None) == (seen.topics, seen.closed_at)  # still connected
     assert handshake(b.certs.ca_cert) in ("TLSv1.2", "TLSv1.3")
     # (checked on a bare socket: paho leaks the SSL socket of a failed handshake)
     assert handshake(other.ca_cert).startswith("refused: ")
 
 
-def test_agent_end_to_end_over_tls(secure_broker: SecureBroker) -> None:
+async def config_of(client: aiomqtt.Client, device_id: str) -> dict[str, Any]:
+    """The retained config a device's connection receives on subscribing."""
+    topic = TOPICS.device_config(device_id)
+    async with observe(client, topic, qos=1) as device:
+        message = await device.first_on(topic)
+    return dict(json.loads(payload_of(message)))
+
+
+async def test_agent_end_to_end_over_tls(secure_broker: SecureBroker) -> None:
     """The agent on TLS with its own account; a station provisions a new device (issuing its
     credentials); the device connects with what its NVS image holds and gets its config."""
     b = secure_broker
@@ -424,42 +382,23 @@ def test_agent_end_to_end_over_tls(secure_broker: SecureBroker) -> None:
         issue_credentials=True,
     )
 
-    async def config_of(client: aiomqtt.Client, device_id: str) -> dict[str, Any]:
-        async with client:
-            await client.subscribe(TOPICS.device_config(device_id), qos=1)
-            async with asyncio.timeout(10):
-                message = await anext(client.messages)
-        assert isinstance(message.payload, bytes)
-        return dict(json.loads(message.payload))
+    async with running_auth_sync(b.auth), running_agent(settings):
+        dev_a = await config_of(b.client("dev-a", tls=True, client_id="dev-a"), "dev-a")
+        image = await request_image_online(
+            b.settings("station-1"),
+            f"mqtts://localhost:{b.tls_port}",
+            "dev-new",
+            0x3000,
+            timeout=10,
+        )
+        prov = parse_nvs(image.data).strings("prov")
+        key, secret = prov["device_key"], prov["client_secret"]
+        deadline = time.monotonic() + 10
+        while await connect_code(b.client(key, secret, tls=True)) != 0:
+            assert time.monotonic() < deadline, "the issued device was never admitted"
+            await asyncio.sleep(0.05)
+        dev_new = await config_of(b.client(key, secret, tls=True, client_id=key), key)
 
-    async def main() -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
-        sync = BrokerAuthSync(b.auth)
-        sync_task = asyncio.create_task(sync.run(), name="broker-auth-sync")
-        await asyncio.wait_for(sync.ready.wait(), 10)
-        try:
-            async with running_agent(settings):
-                dev_a = await config_of(b.client("dev-a", tls=True, client_id="dev-a"), "dev-a")
-                image = await request_image_online(
-                    b.settings("station-1"),
-                    f"mqtts://localhost:{b.tls_port}",
-                    "dev-new",
-                    0x3000,
-                    timeout=10,
-                )
-                prov = parse_nvs(image.data).strings("prov")
-                key, secret = prov["device_key"], prov["client_secret"]
-                deadline = time.monotonic() + 10
-                while await connect_code(b.client(key, secret, tls=True)) != 0:
-                    assert time.monotonic() < deadline, "the issued device was never admitted"
-                    await asyncio.sleep(0.05)
-                dev_new = await config_of(b.client(key, secret, tls=True, client_id=key), key)
-                return dev_a, prov, dev_new
-        finally:
-            sync_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await sync_task
-
-    dev_a, prov, dev_new = asyncio.run(main())
     assert ("dev-a", {"name": "dev-a"}) == (dev_a["device_id"], dev_a["config"])
     assert "dev-new" == prov["device_key"]
     assert ("dev-new", {"interval": 7}) == (dev_new["device_id"], dev_new["config"])
