@@ -15,7 +15,7 @@ from firmware_contracts.payloads import config_sha256
 from tests.support.conformance import ConformanceMonitor, check_message
 
 if TYPE_CHECKING:
-    from tests.conftest import Broker
+    from tests.support.broker import Broker
 
 CONFIG = {"report_interval_s": 30}
 ENVELOPE = {
