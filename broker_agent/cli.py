@@ -1,4 +1,5 @@
-"""``broker-agent``: run | station | provision | flash | broker-auth | check-broker.
+"""``broker-agent``: run | station | provision | flash | status | config | broker-auth |
+check-broker.
 
 Every option also reads ``BROKER_AGENT_<OPTION>`` from the environment; a flag given on the
 command line wins. Errors a user can fix end the process with one line on stderr and exit 2.
@@ -115,6 +116,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefix", help="topic prefix for the test messages (default: <root>/check-broker)"
     )
 
+    status = commands.add_parser("status", help="the fleet's config state and presence")
+    _add_mqtt_options(status)
+    status.add_argument("--state", help="only these states, e.g. failed,stale")
+    status.add_argument("--offline", action="store_true", help="only offline devices")
+    status.add_argument("--device", metavar="PATTERN", help="only device ids matching this glob")
+    status.add_argument("--json", action="store_true", help="JSON for scripts")
+    status.add_argument("--watch", action="store_true", help="keep showing it, live")
+    status.add_argument("--pending-grace-s", type=float, help="pending grace period (default 300)")
+    status.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+
+    config = commands.add_parser("config", help="write or read one device's config over MQTT")
+    actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("set", "replace the config with a JSON object from FILE or stdin"),
+        ("merge", "apply an RFC 7396 merge patch from FILE or stdin"),
+        ("delete", "delete the config"),
+        ("get", "print the retained config"),
+    ):
+        action = actions.add_parser(name, help=text)
+        _add_mqtt_options(action)
+        action.add_argument("device_id")
+        if name in ("set", "merge"):
+            action.add_argument("file", nargs="?", help="JSON file (default: stdin)")
+        if name != "get":
+            action.add_argument("--if-sha256", metavar="SHA|null", help="only if current")
+        action.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+
     flash = commands.add_parser("flash", help="provision one attached board now")
     _add_mqtt_options(flash)
     flash.add_argument("device_id")
@@ -152,6 +180,7 @@ _SETTINGS_FIELDS = {
     "simulate",
     "manufacturing_log",
     "provision_timeout_s",
+    "pending_grace_s",
     "broker_passwd_file",
     "broker_acl_file",
     "broker_pid_file",
@@ -230,6 +259,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         mqtt_settings: MqttSettings = settings_from(args, MqttSettings)
         configure_logging(mqtt_settings.log_format, args.log_level or "warning")
         return check_broker_command(args, mqtt_settings)
+    if args.command in ("status", "config"):
+        from broker_agent.commands.config import config_command
+        from broker_agent.commands.status import status_command
+
+        operator_settings: MqttSettings = settings_from(args, MqttSettings)
+        configure_logging(operator_settings.log_format, args.log_level or "warning")
+        command = status_command if args.command == "status" else config_command
+        return command(args, operator_settings)
     if args.command == "provision":
         from broker_agent.commands.provision import provision_command
 
