@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,7 +30,7 @@ SHA_A = "a" * 64
 SHA_B = "b" * 64
 
 
-def envelope(device_id: str, config: dict[str, object], updated_at: float) -> bytes:
+def envelope(device_id: str, config: dict[str, Any], updated_at: float) -> bytes:
     sha = config_sha256(config)
     head = f'{{"v":1,"device_id":"{device_id}","sha256":"{sha}",'
     stamp = utc_timestamp(updated_at)
