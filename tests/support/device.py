@@ -76,7 +76,7 @@ class SimulatedDevice:
         assert self._client is not None
         with contextlib.suppress(aiomqtt.MqttError):
             async for message in self._client.messages:
-                await self._on_config(bytes(message.payload))  # type: ignore[arg-type]
+                await self._on_config(bytes(message.payload))
                 self.changed.set()
 
     async def _on_config(self, payload: bytes) -> None:
