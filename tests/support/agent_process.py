@@ -102,7 +102,7 @@ def went_online(observer: Observer, agent: AgentProcess, since: int) -> bool:
     for message in observer.messages[since:]:
         if str(message.topic) != agent.status_topic or message.retain:
             continue
-        payload = bytes(message.payload)  # type: ignore[arg-type]
+        payload = bytes(message.payload)
         if payload and json.loads(payload).get("state") == "online":
             return True
     return False
