@@ -235,7 +235,7 @@ async def provision(broker: Broker, device_id: str) -> dict[str, Any]:
         )
         async with asyncio.timeout(10):
             async for message in client.messages:
-                reply: dict[str, Any] = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                reply: dict[str, Any] = json.loads(bytes(message.payload))
                 return reply
     raise AssertionError("no reply")
 
