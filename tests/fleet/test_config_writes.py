@@ -69,7 +69,7 @@ async def ask(
     )
     async with asyncio.timeout(10):
         async for message in client.messages:
-            answer: dict[str, Any] = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+            answer: dict[str, Any] = json.loads(bytes(message.payload))
             return answer
     raise AssertionError("no answer")
 
@@ -211,7 +211,7 @@ async def test_write_retained_before_the_agent_started_is_refused(
         async with running_agent(agent_settings(broker.url, config_dir)):
             async with asyncio.timeout(10):
                 async for message in client.messages:
-                    answer = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    answer = json.loads(bytes(message.payload))
                     break
     assert ("retained_request_rejected", "old") == (answer["error"]["code"], answer["request_id"])
 
@@ -233,7 +233,7 @@ async def test_mqtt_311_writer_gets_the_default_topic(broker: Broker, config_dir
         async with asyncio.timeout(10):
             async for message in client.messages:
                 assert RESPONSE == str(message.topic)
-                assert "ok" == json.loads(bytes(message.payload))["status"]  # type: ignore[arg-type]
+                assert "ok" == json.loads(bytes(message.payload))["status"]
                 break
 
 
@@ -276,7 +276,7 @@ async def test_two_agents_share_writes_without_a_double_write(
     handled_by = {
         str(m.topic).split("/")[2]
         for m in seen.messages
-        if json.loads(bytes(m.payload)).get("event") == "config_written"  # type: ignore[arg-type]
+        if json.loads(bytes(m.payload)).get("event") == "config_written"
     }
     assert {"agent-a", "agent-b"} == handled_by
 
