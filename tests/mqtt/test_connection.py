@@ -1,0 +1,156 @@
+"""Connection against real Mosquitto processes: URL lists, CONNACK capabilities, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import structlog
+
+from broker_agent.broker.process import free_port
+from broker_agent.errors import BrokerUnavailableError, SetupError
+from broker_agent.mqtt import SubscriptionRefusedError, make_connection
+from broker_agent.settings import MqttSettings
+from tests.conftest import Broker
+from tests.mqtt.conftest import MakeBroker
+
+SETTINGS = MqttSettings()
+
+
+def dead_url(credentials: str = "") -> str:
+    return f"mqtt://{credentials}127.0.0.1:{free_port()}"
+
+
+async def test_a_refused_first_url_moves_on_to_the_next(broker: Broker) -> None:
+    connection = make_connection(SETTINGS, f"{dead_url()},{broker.url}", client_id="t-next")
+
+    async with connection:
+        used = connection.url.display()
+
+    assert broker.url == used
+
+
+async def test_each_failed_url_is_logged_in_display_form_only(broker: Broker) -> None:
+    dead = dead_url("agent:s3cret@")
+    with structlog.testing.capture_logs() as logs:
+        async with make_connection(SETTINGS, f"{dead},{broker.url}", client_id="t-log"):
+            pass
+
+    [failed] = [e for e in logs if e["event"] == "broker_connect_failed"]
+    [connected] = [e for e in logs if e["event"] == "broker_connected"]
+    assert (dead.replace("agent:s3cret@", ""), broker.url) == (failed["url"], connected["url"])
+    assert "s3cret" not in json.dumps(logs, default=str)
+
+
+async def test_when_every_url_fails_the_error_names_each_once() -> None:
+    first, second = dead_url(), dead_url()
+
+    with pytest.raises(BrokerUnavailableError) as caught:
+        async with make_connection(SETTINGS, f"{first},{second}", client_id="t-none"):
+            pass
+
+    assert [1, 1] == [str(caught.value).count(url) for url in (first, second)]
+
+
+async def test_capabilities_come_from_the_connack(make_broker: MakeBroker) -> None:
+    limited = make_broker("max_packet_size 100000", "max_inflight_messages 7")
+
+    async with make_connection(SETTINGS, limited.url, client_id="t-caps") as connection:
+        caps = connection.capabilities
+
+    # Mosquitto announces max_inflight_messages as Receive Maximum
+    assert (100_000, 7, True) == (caps.maximum_packet_size, caps.receive_maximum, caps.retain)
+
+
+async def test_a_small_packet_limit_is_warned_about(make_broker: MakeBroker) -> None:
+    limited = make_broker("max_packet_size 100000")
+
+    with structlog.testing.capture_logs() as logs:
+        async with make_connection(SETTINGS, limited.url, client_id="t-small"):
+            pass
+
+    [warning] = [e for e in logs if e["event"] == "broker_packet_limit_small"]
+    assert 100_000 == warning["maximum_packet_size"]
+
+
+async def test_a_broker_without_retain_is_refused_with_a_setup_error(
+    make_broker: MakeBroker,
+) -> None:
+    no_retain = make_broker("retain_available false")
+
+    with pytest.raises(SetupError, match="does not support retained messages"):
+        async with make_connection(SETTINGS, no_retain.url, client_id="t-noretain"):
+            pass
+
+
+async def test_a_qos0_only_broker_is_refused_with_a_setup_error(make_broker: MakeBroker) -> None:
+    qos0 = make_broker("max_qos 0")
+
+    with pytest.raises(SetupError, match="QoS 0 only"):
+        async with make_connection(SETTINGS, qos0.url, client_id="t-qos0"):
+            pass
+
+
+async def test_check_broker_mode_connects_to_a_broker_without_retain(
+    make_broker: MakeBroker,
+) -> None:
+    no_retain = make_broker("retain_available false")
+    connection = make_connection(
+        SETTINGS, no_retain.url, client_id="t-lenient", require_features=False
+    )
+
+    async with connection:
+        assert connection.capabilities.retain is False
+
+
+async def test_a_disconnect_from_the_broker_is_logged_with_its_reason_code(
+    make_broker: MakeBroker,
+) -> None:
+    limited = make_broker("max_packet_size 2000")
+    connection = make_connection(
+        SETTINGS, limited.url, client_id="t-toolarge", require_features=False
+    )
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(BrokerUnavailableError):
+        async with connection:
+            await connection.publish("t/big", b"x" * 5000, qos=1, timeout=5)
+            await asyncio.wait_for(connection.wait_disconnected(), 5)
+
+    [sent] = [e for e in logs if e["event"] == "broker_sent_disconnect"]
+    assert ("0x95", "Packet too large") == (sent["code"], sent["reason"])
+
+
+def dynsec_broker_text(tmp_path: Path) -> str:
+    """Mosquitto with the dynamic security plugin, anonymous clients allowed, and the default
+    ACL denying subscriptions: SUBACK 0x87 (measured; an acl_file denial is granted instead)."""
+    config = tmp_path / "dynsec.json"
+    subprocess.run(
+        ["mosquitto_ctrl", "dynsec", "init", str(config), "admin", "admin-pw"],
+        check=True,
+        capture_output=True,
+    )
+    document = json.loads(config.read_text())
+    document["defaultACLAccess"]["subscribe"] = False
+    config.write_text(json.dumps(document))
+    plugin = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+    return f"plugin {plugin}\nplugin_opt_config_file {config}"
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_ctrl") is None, reason="needs mosquitto_ctrl")
+async def test_a_refused_subscription_raises_with_its_reason(
+    make_broker: MakeBroker, tmp_path: Path
+) -> None:
+    denying = make_broker(*dynsec_broker_text(tmp_path).splitlines())
+
+    with structlog.testing.capture_logs() as logs:
+        async with make_connection(SETTINGS, denying.url, client_id="t-denied") as connection:
+            with pytest.raises(SubscriptionRefusedError) as caught:
+                await connection.subscribe("iot/devices/+/config", qos=1)
+
+    assert (0x87, "Not authorized") == (caught.value.code, caught.value.reason)
+    [refused] = [e for e in logs if e["event"] == "subscription_refused"]
+    assert ("0x87", "iot/devices/+/config") == (refused["code"], refused["topic_filter"])
