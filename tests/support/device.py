@@ -113,7 +113,7 @@ class SimulatedDevice:
         """Drop the connection without a DISCONNECT: the broker publishes the will."""
         assert self._client is not None
         sock = self._client._client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # paho types it as a SocketLike, without shutdown()
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         await self._stop_pump()
