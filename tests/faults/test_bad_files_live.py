@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from firmware_contracts.payloads import ConfigEnvelope
-from tests.conftest import Broker
 from tests.support.agent_process import AgentProcess, went_online
 from tests.support.bad_files import BAD_FILES
+from tests.support.broker import Broker
 from tests.support.mqtt import Observer, observe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
@@ -24,6 +26,14 @@ def rejected_codes(seen: Observer) -> dict[str, str]:
         for event in seen.events()
         if event["event"] == "config_rejected"
     }
+
+
+def retains(seen: Observer, topic: str, config: dict[str, Any]) -> bool:
+    """Whether the last message ``seen`` on a config topic carries ``config``."""
+    return (
+        topic in seen.latest
+        and ConfigEnvelope.model_validate_json(seen.latest[topic]).config == config
+    )
 
 
 def test_the_bad_file_corpus_does_not_stop_the_agent(
@@ -47,13 +57,7 @@ def test_the_bad_file_corpus_does_not_stop_the_agent(
             for round_ in range(3):  # good edits after the storm, each one published
                 (config_dir / "good-1.json").write_text(json.dumps({"round": round_}))
                 topic = "iot/devices/good-1/config"
-                await seen.wait_for(
-                    lambda r=round_, t=topic: (
-                        t in seen.latest
-                        and ConfigEnvelope.model_validate_json(seen.latest[t]).config
-                        == {"round": r}
-                    )
-                )
+                await seen.wait_for(partial(retains, seen, topic, {"round": round_}))
             return rejected_codes(seen), dict(seen.latest)
 
     codes, latest = asyncio.run(scenario())
