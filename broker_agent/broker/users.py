@@ -4,12 +4,16 @@ Identities. Every MQTT user name is an identifier of the contract, so none can c
 wildcard, a ``/`` or a ``:`` into an ACL line or a password file line:
 
     agent     user = agent_id     service account: its own agents/<id>/#, all device configs,
-                                  provisioning requests in, responses out
+                                  acks (read, clear) and statuses (read), config writes in
+                                  and their answers out, provisioning requests in, responses out
     station   user = station_id   service account: its own stations/<id>/#, provisioning
                                   requests out, responses addressed to it in
-    operator  user = any id       service account: commands stations, reads status and events
+    operator  user = any id       service account: commands stations, reads status and events,
+                                  reads every device's config, ack and status, writes config/set
+                                  and reads its answers (contract 6.1, 6.3)
     device    user = device_id    password = client_secret from ``<secrets_dir>/<device_id>.json``;
                                   reads <root>/devices/<user>/config, writes .../config/applied
+                                  and .../status
                                   (its device_key, which contract 6.6 makes the device_id)
 
 Service accounts live in one JSON file, by default ``<secrets_dir>/_broker_users.json``::
@@ -19,9 +23,9 @@ Service accounts live in one JSON file, by default ``<secrets_dir>/_broker_users
      "operators": {"operator": "<password>"}}
 
 Devices get two ``pattern`` lines (``%u`` = the user name); every service account gets an
-explicit ``user`` block, and stations and operators also get ``deny`` lines for the device and
-(for operators) provisioning topics, so the device patterns, which Mosquitto applies to every
-user, grant them nothing. A device is left out of the password file (see ``Refusal``) when its
+explicit ``user`` block, and stations and operators also get ``deny`` lines for the device
+topics (operators: those named after themselves) and (for operators) provisioning topics, so
+the device patterns, which Mosquitto applies to every user, grant them nothing. A device is left out of the password file (see ``Refusal``) when its
 secrets file breaks the rules provisioning applies (``provisioning.secrets``, the one reader
 both use: unreadable, unknown keys, a ``device_key`` other than the device_id) or when its id
 is also a service account's name.
@@ -276,11 +280,12 @@ def render_acl(topic_root: str, accounts: ServiceAccounts) -> str:
         GENERATED_HEADER.rstrip("\n"),
         f"# Topic root: {r}. Rules: docs/security.md. Anything not granted here is denied.",
         "",
-        "# Devices (user name = device_key): their own config in, their own acknowledgement out.",
-        "# Mosquitto applies patterns to every user; the service accounts below are built so",
-        "# that these two lines grant them nothing they should not have.",
+        "# Devices (user name = device_key): their own config in, their own acknowledgement and",
+        "# status (presence, and its will) out. Mosquitto applies patterns to every user; the",
+        "# service accounts below are built so that these lines grant them nothing.",
         f"pattern read {r}/devices/%u/config",
         f"pattern write {r}/devices/%u/config/applied",
+        f"pattern write {r}/devices/%u/status",
     ]
     for agent_id in sorted(accounts.agents):
         out += [
@@ -289,7 +294,12 @@ def render_acl(topic_root: str, accounts: ServiceAccounts) -> str:
             f"user {agent_id}",
             f"topic readwrite {r}/agents/{agent_id}/#",
             f"topic readwrite {r}/devices/+/config",
-            f"topic read {r}/devices/+/config/applied",
+            "# fleet state: acks (a deleted device's is cleared) and presence",
+            f"topic readwrite {r}/devices/+/config/applied",
+            f"topic read {r}/devices/+/status",
+            "# config writes in (via $share/<group>/...), retained ones cleared, answers out",
+            f"topic readwrite {r}/devices/+/config/set",
+            f"topic write {r}/devices/+/config/set/response/#",
             "# requests in (also via $share/<group>/...), retained requests cleared",
             f"topic readwrite {r}/provision/+/request",
             f"topic write {r}/provision/+/response/#",
@@ -308,13 +318,22 @@ def render_acl(topic_root: str, accounts: ServiceAccounts) -> str:
     for operator in sorted(accounts.operators):
         out += [
             "",
-            f"# Operator {operator}: commands stations, reads presence, events and job streams;",
-            "# never device configs or provisioning (NVS images hold device secrets).",
+            f"# Operator {operator}: commands stations, reads presence, events and job streams,",
+            "# reads the fleet state and writes configs through the agents; never provisioning",
+            "# (NVS images hold device secrets). The deny line voids the device patterns.",
             f"user {operator}",
-            f"topic deny {r}/devices/#",
+            f"topic deny {r}/devices/{operator}/#",
             f"topic deny {r}/provision/#",
+            f"topic read {r}/devices/+/config",
+            f"topic read {r}/devices/+/config/applied",
+            f"topic read {r}/devices/+/status",
+            f"topic write {r}/devices/+/config/set",
+            f"topic read {r}/devices/+/config/set/response/#",
+            "# the sync marker of `broker-agent status` and `config get`",
+            f"topic readwrite {r}/operators/{operator}/#",
             f"topic read {r}/agents/+/status",
             f"topic read {r}/agents/+/events",
+            f"topic read {r}/agents/+/fleet",
             f"topic read {r}/stations/+/status",
             f"topic write {r}/stations/+/flash/request",
             f"topic write {r}/stations/+/flash/cancel",

@@ -221,7 +221,11 @@ GRANTED = {  # what each identity receives on '#' (or its shared subscription) a
         t("provision/dev-a/response/station-2/end"),
         t("agents/test-agent/status"),
     },
-    "operator": {
+    "operator": {  # the fleet state (contract 6.1): every device's config and ack
+        t("devices/dev-a/config"),
+        t("devices/dev-b/config"),
+        t("devices/dev-a/config/applied"),
+        t("devices/dev-b/config/applied"),
         t("agents/test-agent/status"),
         t("agents/test-agent/events"),
         t("stations/station-1/status"),
