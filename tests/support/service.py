@@ -16,6 +16,20 @@ from typing import Any
 START_TIMEOUT_S = 15.0
 
 
+async def stop(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it; its error, if it failed, is raised here.
+
+    Only the task's own cancellation is absorbed: a cancellation of the caller propagates.
+    """
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+
+
 async def until_ready(
     task: asyncio.Task[Any], ready: asyncio.Event | Awaitable[object], timeout: float
 ) -> None:
@@ -24,15 +38,12 @@ async def until_ready(
     try:
         done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when="FIRST_COMPLETED")
     finally:
-        waiter.cancel()
-        with suppress(asyncio.CancelledError):
-            await waiter
+        await stop(waiter)
     if task in done:
         task.result()  # the service's own error, if it failed
         raise AssertionError(f"{task.get_name()} ended before it was ready")
     if waiter not in done:
         raise AssertionError(f"{task.get_name()} was not ready within {timeout} s")
-    waiter.result()
 
 
 @asynccontextmanager
@@ -48,13 +59,10 @@ async def running(
     try:
         await until_ready(task, ready, timeout)
     except BaseException:
-        task.cancel()
-        with suppress(BaseException):  # the error being raised already says what went wrong
-            await task
+        with suppress(Exception):  # the error being raised already says what went wrong
+            await stop(task)
         raise
     try:
         yield task
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task  # an error the service raised during the block surfaces here
+        await stop(task)  # an error the service raised during the block surfaces here
