@@ -15,8 +15,8 @@ from broker_agent.broker.process import free_port
 from broker_agent.errors import BrokerUnavailableError, SetupError
 from broker_agent.mqtt import SubscriptionRefusedError, make_connection
 from broker_agent.settings import MqttSettings
-from tests.conftest import Broker
 from tests.mqtt.conftest import MakeBroker
+from tests.support.broker import Broker
 
 SETTINGS = MqttSettings()
 
