@@ -9,9 +9,9 @@ from pathlib import Path
 
 from broker_agent.mqtt import Connection, Message, Presence, make_connection
 from broker_agent.settings import MqttSettings
-from tests.conftest import Broker
 from tests.mqtt.conftest import MakeBroker
 from tests.support.agent import agent_settings, running_agent
+from tests.support.broker import Broker
 
 SETTINGS = MqttSettings()
 TOPIC = "iot/agents/t/status"
