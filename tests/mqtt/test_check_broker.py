@@ -15,8 +15,8 @@ from pathlib import Path
 from broker_agent.broker.process import free_port
 from broker_agent.commands.check_broker import BrokerCheck, Verdict
 from broker_agent.settings import MqttSettings
-from tests.conftest import Broker
 from tests.mqtt.conftest import MakeBroker
+from tests.support.broker import Broker
 from tests.support.mqtt import retained_snapshot
 
 SETTINGS = MqttSettings()
