@@ -28,9 +28,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.payloads import ProvisionError, ProvisionOk
-from tests.conftest import Broker
 from tests.faults.conftest import KITCHEN
 from tests.support.agent_process import AgentProcess, went_online
+from tests.support.broker import Broker
 from tests.support.mqtt import observe
 
 pytestmark = [
