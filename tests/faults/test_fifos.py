@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Broker
 from tests.support.agent_process import AgentProcess, went_online
+from tests.support.broker import Broker
 from tests.support.mqtt import Observer, client_for, observe, v5_properties
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
