@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from broker_agent.broker.process import MosquittoProcess, free_port
-from tests.conftest import PROJECT
 from tests.faults.conftest import broker_manifest, directory_manifest
 from tests.support.agent_process import AgentProcess, went_online
+from tests.support.broker import PROJECT
 from tests.support.mqtt import observe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
