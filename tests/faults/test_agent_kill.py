@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker
 from tests.faults.conftest import broker_manifest, directory_manifest
 from tests.support.agent_process import AgentProcess, went_online
+from tests.support.broker import Broker
 from tests.support.mqtt import observe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
