@@ -16,8 +16,8 @@ import pytest
 
 from broker_agent.app import Agent
 from firmware_contracts.payloads import ConfigEnvelope, config_sha256
-from tests.conftest import Broker
 from tests.support.agent import agent_settings, running_agent
+from tests.support.broker import Broker
 from tests.support.mqtt import client_for, eventually, observe, retained_snapshot, v5_properties
 
 pytestmark = pytest.mark.timeout(60)
