@@ -12,7 +12,7 @@ import pytest
 from broker_agent.broker.process import free_port
 from broker_agent.cli import main
 from firmware_contracts.payloads import canonical_config, config_sha256, utc_timestamp
-from tests.conftest import Broker
+from tests.support.broker import Broker
 from tests.support.mqtt import client_for
 
 pytestmark = pytest.mark.timeout(60)
