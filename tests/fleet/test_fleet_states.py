@@ -12,8 +12,8 @@ import pytest
 from broker_agent.app import Agent
 from firmware_contracts.codes import DevicePresence, FleetState
 from firmware_contracts.payloads import FleetSummary, config_sha256
-from tests.conftest import Broker
 from tests.support.agent import agent_settings, running_agent
+from tests.support.broker import Broker
 from tests.support.device import running_device
 from tests.support.mqtt import eventually, observe, retained_snapshot
 
