@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from firmware_contracts.payloads import config_sha256
-from tests.conftest import Broker
 from tests.support.agent import agent_settings, running_agent
+from tests.support.broker import Broker
 
 pytestmark = pytest.mark.timeout(60)
 
