@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from firmware_contracts.payloads import ConfigEnvelope
-from tests.conftest import Broker
 from tests.support.agent import agent_settings, running_agent
 from tests.support.bad_files import BAD_FILES
+from tests.support.broker import Broker
 from tests.support.mqtt import Observer, observe
 
 pytestmark = pytest.mark.timeout(60)
