@@ -19,8 +19,8 @@ from broker_agent.errors import ProvisionFailure
 from broker_agent.provisioning.credentials import CredentialStore
 from broker_agent.provisioning.secrets import SecretsProblem, SecretsReader
 from firmware_contracts.codes import ProvisionErrorCode
-from tests.conftest import Broker
 from tests.support.agent import agent_settings, running_agent
+from tests.support.broker import Broker
 from tests.support.mqtt import client_for, v5_properties
 
 pytestmark = pytest.mark.timeout(30)  # a blocking read of a FIFO would hang: fail instead
