@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -19,6 +20,8 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from broker_agent.mqtt import BrokerUrl
 
 WAIT_TIMEOUT_S = 10.0
 
@@ -38,18 +41,22 @@ def v5_properties(
 
 
 def client_for(url: str, **kwargs: Any) -> aiomqtt.Client:
-    """An MQTT v5 client (unless ``protocol`` says otherwise) for a test broker's URL."""
-    assert url.startswith("mqtt://127.0.0.1:")
-    port = int(url.rsplit(":", 1)[1])
+    """An MQTT v5 client (unless ``protocol`` says otherwise) for a test broker's URL.
+
+    The URL's credentials, else ``BROKER_AGENT_MQTT_USERNAME``/``..._PASSWORD``, are used (an
+    external test broker); the suite's own Mosquitto takes anyone.
+    """
+    broker = BrokerUrl.parse(url)
+    assert broker.scheme == "mqtt", "test brokers are plain mqtt://"
     kwargs.setdefault("protocol", aiomqtt.ProtocolVersion.V5)
-    return aiomqtt.Client("127.0.0.1", port, **kwargs)
+    kwargs.setdefault("username", broker.username or os.environ.get("BROKER_AGENT_MQTT_USERNAME"))
+    kwargs.setdefault("password", broker.password or os.environ.get("BROKER_AGENT_MQTT_PASSWORD"))
+    return aiomqtt.Client(broker.host, broker.port, **kwargs)
 
 
 def payload_of(message: aiomqtt.Message) -> bytes:
-    """A received message's payload: aiomqtt types it loosely, but on receipt it is bytes."""
-    payload = message.payload
-    assert isinstance(payload, bytes | bytearray), type(payload)
-    return bytes(payload)
+    """A received message's payload, as bytes (``bytes(message.payload)`` needs no ignore)."""
+    return bytes(message.payload)
 
 
 def correlation_of(message: aiomqtt.Message) -> bytes | None:
