@@ -158,5 +158,5 @@ async def _retained(b: profile.SecureBroker, user: str, topic: str) -> bytes:
         await client.subscribe(topic, qos=0)
         async with asyncio.timeout(10):
             async for message in client.messages:
-                return bytes(message.payload)  # type: ignore[arg-type]
+                return bytes(message.payload)
     raise AssertionError(f"nothing retained on {topic}")
