@@ -19,9 +19,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from firmware_contracts import codegen
-from firmware_contracts.payloads import SCHEMA_MODELS
+from firmware_contracts.payloads import DEVICE_STATUS_WILL, SCHEMA_MODELS, config_sha256
 
 PROJECT = Path(__file__).resolve().parents[2]
+OPEN_PAYLOADS = frozenset({"device_status"})  # firmware may add its own fields (contract 6.1)
 FIRMWARE_DOC = PROJECT / "docs" / "firmware.md"
 README = PROJECT / "README.md"
 
@@ -81,7 +82,7 @@ def test_schema_is_valid_draft_2020_12_with_an_id(stem: str) -> None:
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"] == codegen.schema_id(stem)
-    assert schema["additionalProperties"] is False
+    assert schema["additionalProperties"] is (stem in OPEN_PAYLOADS)
 
 
 def test_every_json_block_in_the_firmware_doc_names_its_schema() -> None:
@@ -99,6 +100,14 @@ def test_documented_example_validates(example: Example) -> None:
     document = json.loads(example.body)
     assert errors(example.stem, document) == []
     SCHEMA_MODELS[example.stem].model_validate(document)  # the Python side agrees
+
+
+def test_documented_configs_carry_their_canonical_sha256() -> None:
+    envelopes = [e for e in documented_examples() if e.stem == "config_envelope"]
+    assert envelopes
+    for example in envelopes:
+        document = json.loads(example.body)
+        assert config_sha256(document["config"]) == document["sha256"], example.label
 
 
 # -- drifts the schemas must refuse --------------------------------------------------------
@@ -143,7 +152,11 @@ def test_missing_required_field_is_refused(stem: str) -> None:
 def test_extra_field_is_refused(stem: str) -> None:
     document = first_example(stem)
     document["unexpected_field"] = 1
-    assert errors(stem, document)
+    if stem in OPEN_PAYLOADS:
+        assert errors(stem, document) == []
+        assert 1 == SCHEMA_MODELS[stem].model_validate(document).dump()["unexpected_field"]
+    else:
+        assert errors(stem, document)
 
 
 @pytest.mark.parametrize("stem", sorted(SCHEMA_MODELS))
@@ -166,6 +179,10 @@ def test_wrong_enum_or_constant_is_refused(stem: str) -> None:
         "station_status",
         "flash_request",
         "flash_event",
+        "device_status",
+        "config_set_request",
+        "config_set_ok",
+        "config_set_error",
     }:
         assert checked, f"{stem} has no enum or constant field to check"
 
@@ -194,6 +211,20 @@ def test_wrong_enum_or_constant_is_refused(stem: str) -> None:
         ("flash_event", ["phase"], "flashing"),
         ("flash_event", ["chip", "mac"], "24-0A-C4-12-34-56"),
         ("flash_event", ["error", "code"], "oops"),
+        ("config_applied", ["error"], {"code": "range"}),
+        ("config_applied", ["ts"], "2026-11-25"),
+        ("device_status", ["state"], "unknown"),
+        ("device_status", ["since"], "1700000000"),
+        ("fleet_summary", ["stale"], -1),
+        ("fleet_summary", ["ts"], None),
+        ("config_set_request", ["config"], None),
+        ("config_set_request", ["config"], [1]),
+        ("config_set_request", ["if_sha256"], "abc"),
+        ("config_set_request", ["delete"], False),
+        ("config_set_ok", ["sha256"], "D9" * 32),
+        ("config_set_ok", ["device_id"], "Kitchen"),
+        ("config_set_error", ["error", "code"], "provisioning_failed"),
+        ("agent_event", ["event"], "config_changed"),
     ],
 )
 def test_field_drift_is_refused(stem: str, path: list[str], value: object) -> None:
@@ -203,3 +234,42 @@ def test_field_drift_is_refused(stem: str, path: list[str], value: object) -> No
         target = target[key]
     target[path[-1]] = value
     assert errors(stem, document), f"{stem} accepted {'.'.join(path)} = {value!r}"
+
+
+# -- v1.1 rules the schemas carry -----------------------------------------------------------
+
+
+def test_device_status_will_validates() -> None:
+    assert errors("device_status", DEVICE_STATUS_WILL.dump()) == []
+
+
+@pytest.mark.parametrize(
+    ("document", "valid"),
+    [
+        ({"config": {}}, True),
+        ({"merge": {"a": None}, "if_sha256": None}, True),
+        ({"delete": True, "request_id": "w-1"}, True),
+        ({}, False),
+        ({"config": {}, "merge": {}}, False),
+        ({"config": {}, "delete": True}, False),
+        ({"delete": False}, False),
+        ({"merge": None}, False),
+    ],
+)
+def test_config_set_request_schema_takes_exactly_one_operation(
+    document: dict[str, Any], valid: bool
+) -> None:
+    assert valid == (errors("config_set_request", document) == [])
+    try:
+        SCHEMA_MODELS["config_set_request"].model_validate(document)
+    except ValueError:
+        assert not valid, "the model refused what the schema accepts"
+    else:
+        assert valid, "the model accepted what the schema refuses"
+
+
+def test_config_set_ok_requires_sha256_even_when_null() -> None:
+    document = {"request_id": "w-1", "status": "ok", "device_id": "kitchen-01", "sha256": None}
+    assert errors("config_set_ok", document) == []
+    del document["sha256"]
+    assert errors("config_set_ok", document)
