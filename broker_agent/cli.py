@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefix", help="topic prefix for the test messages (default: <root>/check-broker)"
     )
 
+    from broker_agent.commands.bridge_config import add_bridge_config_parser
+
+    add_bridge_config_parser(commands)
+
     status = commands.add_parser("status", help="the fleet's config state and presence")
     _add_mqtt_options(status)
     status.add_argument("--state", help="only these states, e.g. failed,stale")
@@ -253,6 +257,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         write_broker_auth(settings_from(args, AgentSettings), out_dir)
         print(f"wrote {out_dir / 'passwd'} and {out_dir / 'acl'}")
         return 0
+    if args.command == "bridge-config":
+        from broker_agent.commands.bridge_config import bridge_config_command
+
+        return bridge_config_command(args, settings_from(args, MqttSettings).topic_root)
     if args.command == "check-broker":
         from broker_agent.commands.check_broker import check_broker_command
 
