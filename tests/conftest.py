@@ -1,7 +1,9 @@
-"""Fixtures that start real brokers. Every integration test gets its own Mosquitto."""
+"""Fixtures that start real brokers. Every integration test gets its own Mosquitto (or, with
+``BROKER_AGENT_TEST_BROKER_URL`` set, a topic root of its own on that broker)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,20 +12,46 @@ import pytest
 
 from tests.support.broker import PROJECT, Broker
 from tests.support.conformance import ConformanceMonitor
+from tests.support.external_broker import OWN_BROKER_REASON, ExternalBroker, external_url
 
 # PROJECT and Broker live in tests/support/broker.py; they stay importable from here until
 # tests/station/test_station.py and tests/commands/test_flash.py import them from there.
 __all__ = ["PROJECT", "Broker", "broker"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs_own_broker: the test stops, restarts or reconfigures the broker; skipped when "
+        "the suite runs against an external one (BROKER_AGENT_TEST_BROKER_URL)",
+    )
+
+
 @pytest.fixture
-def broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
+def broker(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Broker | ExternalBroker]:
     """A fresh Mosquitto per test, watched by a conformance monitor.
 
     Every message the agent or a station publishes on the contract's topics during the test is
     validated against the generated JSON Schemas; a drift fails the test at teardown. (Requests
     that tests send malformed on purpose are not held against anyone.)
+
+    With ``BROKER_AGENT_TEST_BROKER_URL`` set: that broker instead, with a topic root of the
+    test's own (``broker.root``, also in ``BROKER_AGENT_TOPIC_ROOT``), and no monitor (the
+    default run checks conformance); see tests/support/external_broker.py.
     """
+    url = external_url()
+    if url is not None:
+        if request.node.get_closest_marker("needs_own_broker") is not None:
+            pytest.skip(OWN_BROKER_REASON)
+        external = ExternalBroker.for_one_test(url)
+        monkeypatch.setenv("BROKER_AGENT_TOPIC_ROOT", external.root)
+        try:
+            yield external
+        finally:
+            asyncio.run(external.clear_root())
+        return
     if shutil.which("mosquitto") is None:
         pytest.fail("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
     instance = Broker(tmp_path / "broker")

@@ -22,7 +22,7 @@ from tests.support.mqtt import retained_snapshot
 SETTINGS = MqttSettings()
 
 
-async def verdicts(*urls: str, prefix: str = "iot/check-broker/t") -> dict[str, Verdict]:
+async def verdicts(*urls: str, prefix: str = "check-broker-test/t") -> dict[str, Verdict]:
     checked = await BrokerCheck(SETTINGS, list(urls), prefix, wait_s=1.0).run()
     return {verdict.name: verdict for verdict in checked}
 
@@ -68,9 +68,10 @@ def test_a_required_feature_missing_exits_1_naming_it(
 
 
 async def test_the_test_messages_are_cleared_afterwards(broker: Broker) -> None:
-    await verdicts(broker.url, prefix="iot/check-broker/cleared")
+    prefix = f"{broker.root}/check-broker"
+    await verdicts(broker.url, prefix=prefix)
 
-    left = await retained_snapshot(broker.url, "iot/check-broker/#")
+    left = await retained_snapshot(broker.url, f"{prefix}/#")
 
     assert {} == left
 
@@ -102,7 +103,7 @@ async def test_a_missing_feature_says_what_breaks_without_it(make_broker: MakeBr
 async def test_two_urls_of_one_broker_share_retained_messages(broker: Broker) -> None:
     other_spelling = broker.url.replace("127.0.0.1", "localhost")
 
-    checked = await verdicts(broker.url, other_spelling)
+    checked = await verdicts(broker.url, other_spelling, prefix=f"{broker.root}/check")
 
     assert "ok" == checked["retained seen through URL2"].status
 
@@ -110,6 +111,6 @@ async def test_two_urls_of_one_broker_share_retained_messages(broker: Broker) ->
 async def test_two_separate_brokers_fail_the_shared_retained_check(
     broker: Broker, make_broker: MakeBroker
 ) -> None:
-    checked = await verdicts(broker.url, make_broker().url)
+    checked = await verdicts(broker.url, make_broker().url, prefix=f"{broker.root}/check")
 
     assert {"retained seen through URL2": "failed"} == not_ok(checked)

@@ -21,17 +21,18 @@ async def retained(url: str, topic: str) -> Message | None:
     """What a new subscriber gets as the retained message on ``topic``."""
     seen: list[Message] = []
     marker = asyncio.Event()
+    marker_topic = f"{topic}/_marker"
 
     def route(message: Message) -> None:
-        if message.topic == "t/marker":
+        if message.topic == marker_topic:
             marker.set()
         elif message.retain:
             seen.append(message)
 
     async with make_connection(SETTINGS, url, client_id="t-reader", route=route) as reader:
         await reader.subscribe(topic, qos=1)
-        await reader.subscribe("t/marker", qos=1)
-        await reader.publish("t/marker", b"", qos=1)
+        await reader.subscribe(marker_topic, qos=1)
+        await reader.publish(marker_topic, b"", qos=1)
         await asyncio.wait_for(marker.wait(), 10)
     return seen[-1] if seen else None
 
@@ -89,11 +90,15 @@ async def test_the_agent_announces_with_the_configured_expiry(
 ) -> None:
     (tmp_path / "configs").mkdir()
     settings = agent_settings(
-        broker.url, tmp_path / "configs", presence_expiry_s=40, presence_refresh_s=15
+        broker.url,
+        tmp_path / "configs",
+        presence_expiry_s=40,
+        presence_refresh_s=15,
+        http_listen="",  # no HTTP surface: its fixed default port may be taken
     )
 
     async with running_agent(settings):
-        got = await retained(broker.url, "iot/agents/test-agent/status")
+        got = await retained(broker.url, f"{broker.root}/agents/test-agent/status")
 
     assert got is not None and got.expiry_s is not None
     assert 30 <= got.expiry_s <= 40
