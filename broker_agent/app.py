@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from broker_agent.broker.auth_sync import BrokerAuthSync
 from broker_agent.broker.process import MosquittoProcess
@@ -19,6 +20,8 @@ from broker_agent.fleet.publisher import ConfigPublisher
 from broker_agent.fleet.tracker import FleetTracker
 from broker_agent.fleet.watcher import DirectoryWatcher
 from broker_agent.fleet.writer import ConfigWriter
+from broker_agent.http.embed import start_http
+from broker_agent.http.metrics import AgentMetrics
 from broker_agent.logs import get_logger
 from broker_agent.mqtt import (
     Backoff,
@@ -29,9 +32,13 @@ from broker_agent.mqtt import (
     run_forever_connected,
 )
 from broker_agent.provisioning.responder import ProvisioningResponder
-from broker_agent.settings import AgentSettings
+from broker_agent.settings import AgentSettings, ConsoleSettings
+from firmware_contracts.codes import AgentEventName, ConfigErrorCode
 from firmware_contracts.payloads import utc_timestamp
 from firmware_contracts.topics import TopicKind, Topics
+
+if TYPE_CHECKING:
+    from broker_agent.http.server import HttpServer
 
 log = get_logger(__name__)
 
@@ -70,10 +77,49 @@ class Agent:
             self.publisher.on_watch_restart,
             debounce_ms=s.watch_debounce_ms,
         )
+        self.metrics = AgentMetrics(readiness=self._not_ready_reason, fleet=self.tracker.counts)
+        self.events.listeners.append(self._count_event)
+        self.writer.on_answered = self.metrics.config_written
+        self.responder.on_reply = self.metrics.provision_replied
+        self.http: HttpServer | None = None  # once running, when HTTP is on
+
+    def _not_ready_reason(self) -> str | None:
+        if self.online.is_set():
+            return None
+        if self.events.connection is None:
+            return "not connected to the broker"
+        return "first reconcile not done"
+
+    def _count_event(self, event: AgentEventName, data: dict[str, Any]) -> None:
+        count = int(data.get("count") or 1)
+        if event is AgentEventName.CONFIG_PUBLISHED:
+            self.metrics.config_published(count)
+        elif event is AgentEventName.CONFIG_CLEARED:
+            self.metrics.config_cleared(count)
+        elif event is AgentEventName.PRUNE_BLOCKED:
+            self.metrics.prune_blocked()
+        elif event is AgentEventName.CONFIG_REJECTED:
+            code = str((data.get("error") or {}).get("code"))
+            if code in ConfigErrorCode._value2member_map_:
+                self.metrics.config_rejected(ConfigErrorCode(code))
+
+    def _console_settings(self) -> ConsoleSettings | None:
+        """The console beside the agent: the agent's broker settings, its own MQTT client id."""
+        if not self.settings.console:
+            return None
+        shared = self.settings.model_dump(include=set(ConsoleSettings.model_fields))
+        return ConsoleSettings(**shared)
 
     async def run(self) -> None:
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         async with asyncio.TaskGroup() as group:
+            self.http = await start_http(
+                group,
+                self.metrics,
+                self.settings.http_listen,
+                console=self._console_settings(),
+                broker_url=self.broker_url,
+            )
             group.create_task(self.watcher.run(), name="config-watcher")
             auth_sync = BrokerAuthSync.from_agent(self.settings)
             if auth_sync is not None:
@@ -109,6 +155,7 @@ class Agent:
     def _disconnected(self, error: Exception, delay: float) -> None:
         self.online.clear()
         self.events.connection = None
+        self.metrics.broker_disconnected()
         log.warning("broker_disconnected", error=str(error), retry_in_s=round(delay, 2))
 
     async def _announce(self, connection: Connection) -> None:
@@ -117,6 +164,7 @@ class Agent:
 
     async def _session(self, connection: Connection) -> None:
         self.events.connection = connection
+        self.metrics.broker_connected()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(connection.wait_disconnected(), name="mqtt-connection")

@@ -71,12 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate missing client_id/client_secret on first provisioning",
     )
 
+    run.add_argument("--http-listen", help="health, metrics and console (default 127.0.0.1:8080)")
+
     station = commands.add_parser("station", help="the flash station daemon")
     _add_mqtt_options(station)
     station.add_argument("--station-id")
     station.add_argument("--simulate", type=int, metavar="N", help="serve N simulated ESP32 boards")
     station.add_argument("--manufacturing-log", help="JSON-lines log of finished jobs")
     station.add_argument("--provision-timeout-s", type=float)
+    station.add_argument("--http-listen", help="health and metrics (default 127.0.0.1:8081)")
+
+    console = commands.add_parser("console", help="the operator console and REST API, standalone")
+    _add_mqtt_options(console)
+    console.add_argument("--http-listen", help="where to serve it (default 127.0.0.1:8082)")
+    console.add_argument("--console-id", help="MQTT client id and reply scope")
+    console.add_argument(
+        "--hash-password",
+        action="store_true",
+        help="read a password on stdin, print its hash for BROKER_AGENT_CONSOLE_PASSWORD_HASH",
+    )
 
     provision = commands.add_parser("provision", help="fetch a device's NVS image and save it")
     _add_mqtt_options(provision)
@@ -189,6 +202,8 @@ _SETTINGS_FIELDS = {
     "broker_acl_file",
     "broker_pid_file",
     "service_accounts_file",
+    "http_listen",
+    "console_id",
 }
 
 
@@ -275,6 +290,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         configure_logging(operator_settings.log_format, args.log_level or "warning")
         command = status_command if args.command == "status" else config_command
         return command(args, operator_settings)
+    if args.command == "console":
+        from broker_agent.commands.console import console_command
+
+        return console_command(args)
     if args.command == "provision":
         from broker_agent.commands.provision import provision_command
 

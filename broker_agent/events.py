@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from broker_agent import __version__
@@ -53,6 +54,8 @@ class AgentEvents:
         self.agent_id = agent_id
         self.topic = topics.agent_events(agent_id)
         self.connection: Connection | None = None  # set while connected
+        self.listeners: list[Callable[[AgentEventName, dict[str, Any]], None]] = []
+        """Told every event with its wire form, connected or not (the agent's metrics)."""
 
     async def emit(self, event: AgentEventName, **fields: Any) -> None:
         """Publish one event when connected; always log it."""
@@ -63,6 +66,8 @@ class AgentEvents:
         # provisioning reply); the tests validate every event against the generated schema.
         payload = AgentEvent.model_construct(event=event, ts=utc_timestamp(), error=error, **fields)
         data = payload.dump()
+        for listener in self.listeners:
+            listener(event, data)
         if event in _WARNINGS:
             log.warning(str(event), **_without_envelope(data))
         elif event in _QUIET_EVENTS:

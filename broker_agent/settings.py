@@ -106,6 +106,51 @@ class MqttSettings(BaseSettings):
         return None
 
 
+def _checked_listen(value: str) -> str:
+    """An HTTP listen address, checked at start-up (``http.listen`` has no web framework)."""
+    from broker_agent.http.listen import parse_listen
+
+    parse_listen(value)
+    return value.strip()
+
+
+class ConsoleSettings(MqttSettings):
+    """The operator console (``broker-agent console``, and beside the agent in ``run``)."""
+
+    http_listen: str = Field(
+        default="127.0.0.1:8082", description="Where `console` serves (host:port)."
+    )
+    console_id: str = Field(
+        default_factory=lambda: _default_id("console"),
+        description="The console's MQTT client id, and the scope of its reply topics.",
+    )
+    console_username: str = Field(default="operator", description="The operator login name.")
+    console_password_hash: SecretStr | None = Field(
+        default=None,
+        description="scrypt hash of the operator password (`broker-agent console "
+        "--hash-password`); required unless the console listens on loopback only.",
+    )
+    console_mqtt_username: str | None = Field(
+        default=None, description="The console's own MQTT account (default: mqtt_username)."
+    )
+    console_mqtt_password_file: Path | None = Field(
+        default=None, description="...and its password file (default: mqtt_password_file)."
+    )
+    console_request_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long the console waits for an agent's answer."
+    )
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http_listen(cls, value: str) -> str:
+        return _checked_listen(value)
+
+    @field_validator("console_id")
+    @classmethod
+    def _console_id(cls, value: str) -> str:
+        return check_identifier(value, "console_id")
+
+
 class AgentSettings(MqttSettings):
     """``broker-agent run``: config publisher + provisioning responder."""
 
@@ -161,6 +206,18 @@ class AgentSettings(MqttSettings):
     mosquitto_conf: Path = PROJECT_DIR / "mosquitto.conf"
     mosquitto_bin: str = "mosquitto"
     broker_data_dir: Path = Path(".broker-agent/mosquitto")
+    http_listen: str = Field(
+        default="127.0.0.1:8080",
+        description="Health, readiness, metrics and the operator console (host:port; '' = off).",
+    )
+    console: bool = Field(
+        default=True, description="Serve the operator console on the HTTP listener too."
+    )
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http_listen(cls, value: str) -> str:
+        return _checked_listen(value)
 
     @field_validator("agent_id")
     @classmethod
@@ -176,6 +233,15 @@ class StationSettings(MqttSettings):
     manufacturing_log: Path = Path("manufacturing-log.jsonl")
     port_scan_interval_s: float = Field(default=2.0, gt=0)
     simulate: int = Field(default=0, ge=0, le=32, description="Serve N simulated boards.")
+    http_listen: str = Field(
+        default="127.0.0.1:8081",
+        description="Health, readiness and metrics of `station` (host:port; '' = off).",
+    )
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http_listen(cls, value: str) -> str:
+        return _checked_listen(value)
 
     @field_validator("station_id")
     @classmethod

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from broker_agent.cli import build_parser, settings_from
-from broker_agent.settings import AgentSettings, StationSettings
+from broker_agent.settings import AgentSettings, ConsoleSettings, StationSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def env_names() -> set[str]:
     fields = set(AgentSettings.model_fields) | set(StationSettings.model_fields)
+    fields |= set(ConsoleSettings.model_fields)
     return {f"BROKER_AGENT_{name.upper()}" for name in fields}
 
 
@@ -23,6 +24,7 @@ def test_every_setting_is_in_the_readme() -> None:
     documented = set(re.findall(r"BROKER_AGENT_[A-Z0-9_]+", text))
     # "RECONNECT_MIN_S / _MAX_S" is written as one row
     documented |= {name.replace("_MIN_S", "_MAX_S") for name in documented}
+    documented |= {name.replace("_USERNAME", "_PASSWORD_FILE") for name in documented}
     assert set() == env_names() - documented
 
 

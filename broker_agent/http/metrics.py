@@ -181,11 +181,12 @@ class AgentMetrics(ServiceMetrics):
             registry=r,
         )
 
-    def config_published(self) -> None:
-        self._published.inc()
+    def config_published(self, count: int = 1) -> None:
+        """``count``: a batch reported as one event with a count (``event_detail_limit``)."""
+        self._published.inc(count)
 
-    def config_cleared(self) -> None:
-        self._cleared.inc()
+    def config_cleared(self, count: int = 1) -> None:
+        self._cleared.inc(count)
 
     def prune_blocked(self) -> None:
         self._prune_blocked.inc()

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from broker_agent.errors import BrokerUnavailableError, ProvisionFailure, SetupError
 from broker_agent.events import AgentEvents
@@ -67,6 +69,7 @@ class _Request:
     retained: bool
     response_topic: str | None
     correlation_data: bytes | None
+    received: float = field(default_factory=time.monotonic)  # for the reply-latency metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class _Answer:
     clear_retained: bool = False
     md5: str | None = None  # set on success: the ``provisioned`` event follows
     partition_size: int = 0
+    code: ProvisionErrorCode | None = None  # the refusal's code; None for an image
 
 
 class ProvisioningResponder:
@@ -102,6 +106,8 @@ class ProvisioningResponder:
         self._connection: Connection | None = None
         self._clearing: set[asyncio.Task[None]] = set()
         self._request_prefix = self.topics.root + "/provision/"
+        self.on_reply: Callable[[ProvisionErrorCode | None, float], None] | None = None
+        """Told each reply's code (None: ok) and seconds since its request arrived (metrics)."""
 
     # -- the dispatcher's side (sync, never blocks) ------------------------------------------
     def on_message(self, match: TopicMatch, message: Message) -> None:
@@ -202,6 +208,8 @@ class ProvisioningResponder:
                 correlation_data=answer.correlation_data,
                 expiry_s=PROVISION_RESPONSE_EXPIRY_S,
             )
+            if self.on_reply is not None:
+                self.on_reply(answer.code, time.monotonic() - request.received)
             if answer.clear_retained:
                 await connection.publish(request.topic, b"", qos=1, retain=True)
             if answer.md5 is not None:
@@ -302,7 +310,12 @@ class ProvisioningResponder:
         )
         payload = error_response(request_id, request.device_id, failure.code, failure.message)
         return _Answer(
-            topic, payload, request.correlation_data, request_id, clear_retained=clear_retained
+            topic,
+            payload,
+            request.correlation_data,
+            request_id,
+            clear_retained=clear_retained,
+            code=failure.code,
         )
 
 

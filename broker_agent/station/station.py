@@ -22,12 +22,14 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from broker_agent import __version__
 from broker_agent.errors import BrokerUnavailableError, FlashJobError, SetupError
+from broker_agent.http.embed import start_http
+from broker_agent.http.metrics import StationMetrics
 from broker_agent.logs import get_logger
 from broker_agent.mqtt import (
     Backoff,
@@ -72,6 +74,9 @@ from firmware_contracts.payloads import (
     StationStatus,
 )
 from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
+
+if TYPE_CHECKING:
+    from broker_agent.http.server import HttpServer
 
 log = get_logger(__name__)
 
@@ -134,6 +139,11 @@ class Station:
         self._status_dirty = asyncio.Event()
         self._job_group: asyncio.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.metrics = StationMetrics(readiness=self._not_ready_reason)
+        self.http: HttpServer | None = None  # once running, when HTTP is on
+
+    def _not_ready_reason(self) -> str | None:
+        return None if self.online.is_set() else "not connected to the broker"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -146,6 +156,9 @@ class Station:
                 async with asyncio.TaskGroup() as jobs:
                     self._job_group = jobs
                     async with asyncio.TaskGroup() as group:
+                        self.http = await start_http(
+                            group, self.metrics, self.settings.http_listen
+                        )
                         group.create_task(self._watch_ports(), name="port-scanner")
                         group.create_task(
                             run_forever_connected(
@@ -206,6 +219,7 @@ class Station:
         return route
 
     def _disconnected(self, error: Exception, delay: float) -> None:
+        self.metrics.broker_disconnected()
         log.warning("broker_disconnected", error=str(error), retry_in_s=round(delay, 2))
 
     async def _session(self, connection: Connection) -> None:
@@ -220,6 +234,7 @@ class Station:
                         topic, qos=1, retain_as_published=True, retain_handling=2
                     )
                 await self.requester.attach(connection)
+                self.metrics.broker_connected()
                 self._connection = connection
                 self._connected.set()
                 await self._publish_status(connection, force=True)
@@ -284,10 +299,14 @@ class Station:
         self._status_dirty.set()
 
     async def _publish_status(self, connection: Connection, *, force: bool = False) -> None:
+        ports = self._ports()
+        self.metrics.ports(
+            attached=len(self._candidates()), busy=sum(1 for port in ports if port.busy)
+        )
         status = StationStatus(
             state=PresenceState.ONLINE,
             station_id=self.station_id,
-            ports=self._ports(),
+            ports=ports,
             version=__version__,
         )
         await self.presence.announce(connection, status.to_json(), force=force)
@@ -461,6 +480,9 @@ class Station:
                 if final:
                     break
             result = await finished
+            self.metrics.flash_job_finished(
+                result.error.code if result.error else None, result.duration_s
+            )
             log.info(
                 "flash_job_finished",
                 request_id=job.request.request_id,
