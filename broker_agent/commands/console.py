@@ -13,12 +13,17 @@ import argparse
 import asyncio
 import getpass
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from broker_agent.errors import SetupError
 from broker_agent.http.embed import start_http
 from broker_agent.http.metrics import ServiceMetrics
 from broker_agent.logs import configure_logging
 from broker_agent.settings import ConsoleSettings
+
+if TYPE_CHECKING:
+    from broker_agent.http.server import HttpServer
 
 
 def console_command(args: argparse.Namespace) -> int:
@@ -40,8 +45,10 @@ def console_command(args: argparse.Namespace) -> int:
     return run_async(lambda: run_console(settings))
 
 
-async def run_console(settings: ConsoleSettings, started: asyncio.Event | None = None) -> None:
-    """Serve the console until cancelled; ``started`` is set once it listens."""
+async def run_console(
+    settings: ConsoleSettings, started: Callable[[HttpServer], None] | None = None
+) -> None:
+    """Serve the console until cancelled; ``started`` is told the server once it listens."""
     if not settings.http_listen:
         raise SetupError("the console needs an address to serve on (--http-listen)")
     metrics = ServiceMetrics("console")
@@ -55,4 +62,4 @@ async def run_console(settings: ConsoleSettings, started: asyncio.Event | None =
             None if client.connected.is_set() else "not connected to the broker"
         )
         if started is not None:
-            started.set()
+            started(server)
