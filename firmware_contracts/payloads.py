@@ -247,6 +247,18 @@ class FleetSummary(ContractModel):
 class ProvisionRequest(ContractModel):
     request_id: RequestId | None = None
     partition_size: Annotated[int, Field(strict=True)]
+    # Project extension (issue 14): ask for an NVS image encrypted with the device's XTS keys,
+    # answered together with the ``nvs_keys`` partition image that holds those keys.
+    encrypted: Annotated[bool, Field(strict=True)] | None = None
+
+
+class NvsKeysImage(ContractModel):
+    """The ``nvs_keys`` partition image (4 KiB: the XTS key pair and its CRC32)."""
+
+    size: Literal[4096] = 4096
+    encoding: Literal["base64"] = "base64"
+    data: str
+    md5: Md5
 
 
 class ProvisionOk(ContractModel):
@@ -260,6 +272,14 @@ class ProvisionOk(ContractModel):
     encoding: Literal["base64"] = "base64"
     data: str
     md5: Md5
+    encrypted: bool | None = None  # absent (v1) means false
+    nvs_keys: NvsKeysImage | None = None
+
+    @model_validator(mode="after")
+    def _keys_with_encryption(self) -> Self:
+        if bool(self.encrypted) != (self.nvs_keys is not None):
+            raise ValueError("nvs_keys is present exactly when the image is encrypted")
+        return self
 
 
 class ProvisionErrorDetail(ContractModel):

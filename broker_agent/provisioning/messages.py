@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from broker_agent.errors import ProvisionFailure
 from broker_agent.provisioning.nvs_image import NvsImageError, build_nvs_image
+from broker_agent.provisioning.nvs_keys import nvs_keys_partition
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.identifiers import REQUEST_ID_MAX_LENGTH, is_request_id
 from firmware_contracts.nvs import NVS_FORMAT, NVS_NAMESPACE, PROV_KEYS, partition_size_error
@@ -50,7 +51,7 @@ __all__ = [
 MAX_REQUEST_BYTES = 4096
 """A request is two small fields; anything bigger is refused before it is parsed."""
 
-_FIELDS = frozenset({"request_id", "partition_size"})
+_FIELDS = frozenset({"request_id", "partition_size", "encrypted"})
 _SHOWN_FIELDS = 3
 _SHOWN_FIELD_CHARS = 32
 _INVALID = ProvisionErrorCode.INVALID_REQUEST
@@ -66,6 +67,7 @@ class ProvisionRequestData:
     request_id: str
     partition_size: int
     request_id_generated: bool = False
+    encrypted: bool = False
 
 
 def parse_request(payload: bytes) -> ProvisionRequestData:
@@ -97,7 +99,8 @@ def parse_request(payload: bytes) -> ProvisionRequestData:
         more = f" and {len(unknown) - _SHOWN_FIELDS} more" if len(unknown) > _SHOWN_FIELDS else ""
         raise ProvisionFailure(
             _INVALID,
-            f"unknown field(s) {shown}{more}: a request has only request_id and partition_size",
+            f"unknown field(s) {shown}{more}: a request has only request_id, partition_size "
+            "and encrypted",
             request_id=request_id,
         )
     if "partition_size" not in document:
@@ -105,12 +108,15 @@ def parse_request(payload: bytes) -> ProvisionRequestData:
     size = document["partition_size"]
     if type(size) is not int:  # bool is an int subclass; 20480.0 is not an integer here
         raise ProvisionFailure(_INVALID, "partition_size must be an integer", request_id=request_id)
+    encrypted = document.get("encrypted", False)
+    if type(encrypted) is not bool:
+        raise ProvisionFailure(_INVALID, "encrypted must be true or false", request_id=request_id)
     problem = partition_size_error(size)
     if problem is not None:
         raise ProvisionFailure(
             ProvisionErrorCode.INVALID_PARTITION_SIZE, problem, request_id=request_id
         )
-    return ProvisionRequestData(request_id, size, generated)
+    return ProvisionRequestData(request_id, size, generated, encrypted)
 
 
 def request_id_in(payload: bytes) -> str | None:
@@ -152,17 +158,35 @@ class ProvisionedImage:
     keys: tuple[str, ...]  # the keys written, in the contract's table order
     namespace: str = NVS_NAMESPACE
     format: str = NVS_FORMAT
+    nvs_keys: bytes | None = None  # the nvs_keys partition image, for an encrypted image
+
+    @property
+    def nvs_keys_md5(self) -> str | None:
+        return _md5(self.nvs_keys) if self.nvs_keys is not None else None
 
 
-def build_image(device_id: str, values: Mapping[str, str], partition_size: int) -> ProvisionedImage:
-    """Build the blob from a device's credential values. Raises ``ProvisionFailure``."""
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def build_image(
+    device_id: str,
+    values: Mapping[str, str],
+    partition_size: int,
+    *,
+    encryption_key: bytes | None = None,
+) -> ProvisionedImage:
+    """Build the blob from a device's credential values. Raises ``ProvisionFailure``.
+
+    With ``encryption_key`` the image is encrypted and carries its ``nvs_keys`` partition.
+    """
     try:
-        data = build_nvs_image(values, partition_size)
+        data = build_nvs_image(values, partition_size, encryption_key=encryption_key)
     except NvsImageError as exc:
         raise ProvisionFailure(exc.code, exc.message) from None
     keys = tuple(key.name for key in PROV_KEYS if key.name in values)
-    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    return ProvisionedImage(device_id, partition_size, data, md5, keys)
+    nvs_keys = nvs_keys_partition(encryption_key) if encryption_key is not None else None
+    return ProvisionedImage(device_id, partition_size, data, _md5(data), keys, nvs_keys=nvs_keys)
 
 
 def ok_response(request_id: str, image: ProvisionedImage) -> bytes:
@@ -180,16 +204,24 @@ def ok_response(request_id: str, image: ProvisionedImage) -> bytes:
         separators=(",", ":"),
     )
     # base64 text needs no JSON escaping, nor does a hex digest.
-    return b"".join(
-        (
-            head[:-1].encode("ascii"),
-            b',"data":"',
-            base64.b64encode(image.data),
+    parts = [
+        head[:-1].encode("ascii"),
+        b',"data":"',
+        base64.b64encode(image.data),
+        b'","md5":"',
+        image.md5.encode("ascii"),
+        b'"',
+    ]
+    if image.nvs_keys is not None:
+        parts += [
+            b',"encrypted":true,"nvs_keys":{"size":%d,"encoding":"base64","data":"'
+            % len(image.nvs_keys),
+            base64.b64encode(image.nvs_keys),
             b'","md5":"',
-            image.md5.encode("ascii"),
+            _md5(image.nvs_keys).encode("ascii"),
             b'"}',
-        )
-    )
+        ]
+    return b"".join([*parts, b"}"])
 
 
 def error_response(
@@ -236,11 +268,26 @@ def parse_response(payload: bytes, *, device_id: str, partition_size: int) -> Pr
         raise _bad_response("data that is not base64") from None
     if len(data) != partition_size:
         raise _bad_response(f"a blob of {len(data)} bytes instead of {partition_size}")
-    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    md5 = _md5(data)
     if md5 != ok.md5:
         raise _bad_response("a blob whose md5 does not match")
+    nvs_keys = None
+    if ok.nvs_keys is not None:
+        try:
+            nvs_keys = base64.b64decode(ok.nvs_keys.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad_response("nvs_keys data that is not base64") from None
+        if len(nvs_keys) != ok.nvs_keys.size or _md5(nvs_keys) != ok.nvs_keys.md5:
+            raise _bad_response("an nvs_keys image whose size or md5 does not match")
     return ProvisionedImage(
-        ok.device_id, ok.partition_size, data, md5, tuple(ok.keys), ok.namespace, ok.format
+        ok.device_id,
+        ok.partition_size,
+        data,
+        md5,
+        tuple(ok.keys),
+        ok.namespace,
+        ok.format,
+        nvs_keys=nvs_keys,
     )
 
 

@@ -67,7 +67,12 @@ class ImageRequester:
             log.info("provision_answer_unexpected", topic=message.topic[:200])
 
     async def request(
-        self, device_id: str, partition_size: int, request_id: str | None = None
+        self,
+        device_id: str,
+        partition_size: int,
+        request_id: str | None = None,
+        *,
+        encrypted: bool = False,
     ) -> ProvisionedImage:
         """The device's NVS image for a partition of ``partition_size`` bytes, checked.
 
@@ -77,10 +82,13 @@ class ImageRequester:
         check_identifier(device_id, "device_id")
         nonce = secrets.token_hex(8)
         topic = f"{self.topics.provision_response(device_id)}/{self.scope}/{nonce}"
-        payload = json.dumps(
-            {"request_id": request_id or f"req-{nonce}", "partition_size": int(partition_size)},
-            separators=(",", ":"),
-        ).encode("utf-8")
+        document: dict[str, object] = {
+            "request_id": request_id or f"req-{nonce}",
+            "partition_size": int(partition_size),
+        }
+        if encrypted:  # an encrypted image, answered with its nvs_keys partition image
+            document["encrypted"] = True
+        payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
         with self._answers.expect(topic) as (correlation, waiting):
             try:
                 async with asyncio.timeout(self.timeout_s):

@@ -47,6 +47,7 @@ from broker_agent.provisioning.messages import (
     parse_request,
     request_id_in,
 )
+from broker_agent.provisioning.nvs_keys import NvsKeyStore
 from broker_agent.settings import AgentSettings
 from firmware_contracts.codes import AgentEventName, ProvisionErrorCode
 from firmware_contracts.topics import PROVISION_RESPONSE_EXPIRY_S, TopicKind, TopicMatch, Topics
@@ -89,6 +90,7 @@ class ProvisioningResponder:
         self.settings = settings
         self.topics = topics
         self.events = events
+        self.nvs_keys = NvsKeyStore(settings.secrets_dir)
         self.store = CredentialStore(
             settings.secrets_dir, settings.config_dir, issue=settings.issue_credentials
         )
@@ -266,7 +268,10 @@ class ProvisioningResponder:
                 if not found.missing
                 else await asyncio.to_thread(self.store.complete, found)
             )
-            image = build_image(device_id, values, parsed.partition_size)
+            key = None
+            if parsed.encrypted:  # blocking: may generate and fsync the device's key
+                key = await asyncio.to_thread(self.nvs_keys.key_for, device_id)
+            image = build_image(device_id, values, parsed.partition_size, encryption_key=key)
         except ProvisionFailure as exc:
             answer_id = exc.request_id or request_id or new_request_id()
             return self._refusal(request, topic, answer_id, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import struct
@@ -11,12 +12,18 @@ from pathlib import Path
 import pytest
 
 from broker_agent.errors import ProvisionFailure
+from broker_agent.mqtt import Router, make_connection
+from broker_agent.provisioning.messages import ProvisionedImage
 from broker_agent.provisioning.nvs_image import build_nvs_image
 from broker_agent.provisioning.nvs_keys import (
     NVS_KEYS_PARTITION_SIZE,
     NvsKeyStore,
     nvs_keys_partition,
 )
+from broker_agent.provisioning.requester import ImageRequester
+from firmware_contracts.topics import TopicKind, Topics
+from tests.support.agent import agent_settings, running_agent
+from tests.support.broker import Broker
 from tests.support.nvs_parser import NvsParseError, decrypt_nvs, parse_nvs
 
 VALUES = {
@@ -89,3 +96,43 @@ def test_key_store_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
     with pytest.raises(ProvisionFailure) as info:
         NvsKeyStore(tmp_path).key_for("kitchen-01")
     assert "FIFO" in info.value.message
+
+
+# -- over MQTT, with the real agent ------------------------------------------------------------
+
+
+async def request_encrypted(broker: Broker, tmp_path: Path) -> tuple[ProvisionedImage, Path]:
+    config_dir, secrets_dir = tmp_path / "configs", tmp_path / "secrets"
+    config_dir.mkdir()
+    secrets_dir.mkdir()
+    (config_dir / "kitchen-01.json").write_text("{}")
+    fleet = {k: VALUES[k] for k in ("token_url", "base_url", "wifi_password")}
+    (secrets_dir / "_fleet.json").write_text(json.dumps(fleet))
+    device = {k: VALUES[k] for k in ("client_id", "client_secret")}
+    (secrets_dir / "kitchen-01.json").write_text(json.dumps(device))
+    settings = agent_settings(broker.url, config_dir, secrets_dir)
+    topics = Topics(settings.topic_root)
+    async with running_agent(settings):
+        requester = ImageRequester(topics, "station-1", 10)
+        router = Router(topics, {TopicKind.PROVISION_RESPONSE: requester.on_response})
+        connection = make_connection(settings, broker.url, client_id="station-1", route=router)
+        async with connection:
+            await requester.attach(connection)
+            image = await requester.request("kitchen-01", 0x5000, encrypted=True)
+    return image, secrets_dir
+
+
+async def test_agent_answers_an_encrypted_image_that_decrypts_with_the_stored_key(
+    broker: Broker, tmp_path: Path
+) -> None:
+    image, secrets_dir = await request_encrypted(broker, tmp_path)
+    key = (secrets_dir / "_nvs_keys" / "kitchen-01.bin").read_bytes()
+    assert VALUES == parse_nvs(decrypt_nvs(image.data, key)).strings("prov")
+
+
+async def test_agent_answers_the_nvs_keys_partition_of_the_stored_key(
+    broker: Broker, tmp_path: Path
+) -> None:
+    image, secrets_dir = await request_encrypted(broker, tmp_path)
+    key = (secrets_dir / "_nvs_keys" / "kitchen-01.bin").read_bytes()
+    assert nvs_keys_partition(key) == image.nvs_keys

@@ -17,6 +17,7 @@ def agent_settings(
     broker_url: str, config_dir: Path, secrets_dir: Path | None = None, **extra: Any
 ) -> AgentSettings:
     extra.setdefault("agent_id", "test-agent")
+    extra.setdefault("http_listen", "")  # tests that want HTTP ask for 127.0.0.1:0
     extra.setdefault("reconnect_min_s", 0.05)
     extra.setdefault("reconnect_max_s", 0.5)
     return AgentSettings(
