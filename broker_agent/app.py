@@ -76,6 +76,8 @@ class Agent:
             self.publisher.on_file_changes,
             self.publisher.on_watch_restart,
             debounce_ms=s.watch_debounce_ms,
+            mode=s.watch_mode,
+            poll_interval_s=s.watch_poll_interval_s,
         )
         self.metrics = AgentMetrics(readiness=self._not_ready_reason, fleet=self.tracker.counts)
         self.events.listeners.append(self._count_event)

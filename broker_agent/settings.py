@@ -166,6 +166,14 @@ class AgentSettings(MqttSettings):
         default=5, ge=0, description="...and more than this many devices at once."
     )
     watch_debounce_ms: int = Field(default=50, ge=1)
+    watch_mode: Literal["auto", "inotify", "poll"] = Field(
+        default="auto",
+        description="How to notice config file changes: inotify, poll, or auto (poll when the "
+        "config directory is on a network file system, where inotify misses other hosts' edits).",
+    )
+    watch_poll_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the poll mode looks at every file."
+    )
     event_detail_limit: int = Field(
         default=100,
         ge=0,

@@ -9,6 +9,12 @@ publisher had acknowledged and the ones other agents publish, is reported to eac
 ``retained_listeners`` (device_id, envelope or b"" for a clear): the fleet state follows it,
 and a config write waits on it for its answer. When a config is cleared, the device's retained
 ``config/applied`` is cleared with it (contract 6.1), so the fleet state shows nothing stale.
+
+Replicas sharing one directory (docs/scaling.md): a config is published only from the file as
+just read (content and mtime from one open, which a network file system revalidates), and not
+when another replica's retained envelope has a later ``updated_at`` than that file's mtime: that
+replica read a newer version of the file than this one sees (a stale NFS/CephFS view), so its
+config wins and stays (``config_overtaken`` is logged).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from broker_agent.fleet.plan import (
     open_scan,
     plan_reconcile,
 )
+from broker_agent.fleet.state import parse_envelope, parse_timestamp
 from broker_agent.logs import get_logger
 from broker_agent.mqtt import (
     Connection,
@@ -43,6 +50,7 @@ from broker_agent.mqtt import (
     raise_if_cancelled,
 )
 from firmware_contracts.codes import AgentEventName
+from firmware_contracts.payloads import utc_timestamp
 from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
 
 log = get_logger(__name__)
@@ -74,6 +82,7 @@ class ConfigPublisher:
         self.concurrency = concurrency
         self.event_limit = event_limit
         self.retained: dict[str, str] = {}  # device_id -> sha256, as the broker holds it
+        self._foreign_at: dict[str, float] = {}  # updated_at of retained configs not ours
         self.schema = FleetSchema(None)
         self._pending: set[str] = set()
         self._wakeup = asyncio.Event()
@@ -98,10 +107,14 @@ class ConfigPublisher:
             return
         self._record(match.identifier, message.payload)
 
-    def _record(self, device_id: str, payload: bytes) -> None:
+    def _record(self, device_id: str, payload: bytes, *, ours: bool = False) -> None:
+        self._foreign_at.pop(device_id, None)
         if payload:
             sha = envelope_sha256(payload)
             self.retained[device_id] = sha or "?"  # not ours: differs from every real hash
+            found = None if ours else parse_envelope(payload)
+            if found is not None and found.updated_at is not None:
+                self._foreign_at[device_id] = found.updated_at
         else:
             self.retained.pop(device_id, None)
         for listener in self.retained_listeners:
@@ -138,6 +151,7 @@ class ConfigPublisher:
         await self._reload_schema()
         retained = dict(self.retained)
         queue: asyncio.Queue[OutgoingMessage | None] = asyncio.Queue()
+        overtaken: set[str] = set()
 
         async def scan_then_close() -> DirectoryScan:
             # On the event loop, in chunks, so publishing overlaps reading: a scan thread
@@ -145,7 +159,11 @@ class ConfigPublisher:
             scan, names = open_scan(self.config_dir)
             configs = scan.read(self.config_dir, names, self.schema, self.max_bytes)
             for index, config in enumerate(configs):
-                if retained.get(config.device_id) != config.sha256:
+                if retained.get(config.device_id) == config.sha256:
+                    pass
+                elif self._overtaken(config):
+                    overtaken.add(config.device_id)
+                else:
                     queue.put_nowait(self._message_for(config))
                 if index % _SCAN_CHUNK == _SCAN_CHUNK - 1:
                     await asyncio.sleep(0)
@@ -165,10 +183,11 @@ class ConfigPublisher:
         plan = plan_reconcile(scan, retained, self.guard)
         await self._report_rejections(scan.rejected)
         await self._apply(connection, ReconcilePlan([], plan.clear, plan.unchanged, plan.blocked))
-        await self._report_published(plan.publish, [])
+        published = [config for config in plan.publish if config.device_id not in overtaken]
+        await self._report_published(published, [])
         log.info(
             "reconciled",
-            published=len(plan.publish),
+            published=len(published),
             cleared=len(plan.clear),
             unchanged=plan.unchanged,
             rejected=len(scan.rejected),
@@ -185,7 +204,7 @@ class ConfigPublisher:
         match = self.topics.parse(message.topic)
         assert match is not None
         if match.kind is TopicKind.DEVICE_CONFIG:
-            self._record(match.identifier, message.payload)
+            self._record(match.identifier, message.payload, ours=True)
 
     async def drain(self, connection: Connection) -> None:
         """Handle queued file changes for as long as the connection lives."""
@@ -217,7 +236,25 @@ class ConfigPublisher:
         for _ in scan.read(self.config_dir, todo, self.schema, self.max_bytes):
             pass
         await self._report_rejections(scan.rejected)
-        await self._apply(connection, plan_reconcile(scan, self.retained, self.guard))
+        plan = plan_reconcile(scan, self.retained, self.guard)
+        fresh = [config for config in plan.publish if not self._overtaken(config)]
+        await self._apply(
+            connection, ReconcilePlan(fresh, plan.clear, plan.unchanged, plan.blocked)
+        )
+
+    def _overtaken(self, config: DeviceConfig) -> bool:
+        """True when another replica's retained config is newer than our file (module doc)."""
+        retained_at = self._foreign_at.get(config.device_id)
+        file_at = parse_timestamp(config.updated_at)
+        if retained_at is None or file_at is None or retained_at <= file_at:
+            return False
+        log.warning(
+            "config_overtaken",
+            device_id=config.device_id,
+            file_updated_at=config.updated_at,
+            retained_updated_at=utc_timestamp(retained_at),
+        )
+        return True
 
     async def _apply(self, connection: Connection, plan: ReconcilePlan) -> None:
         if plan.blocked is not None:

@@ -2,6 +2,11 @@
 
 Names only: the publisher re-reads each named file, so any sequence of events an editor makes
 (save-by-rename, in-place write, delete, rename) ends in the file's real final state.
+
+Mode (``BROKER_AGENT_WATCH_MODE``): ``inotify`` (the OS's notifications), ``poll`` (a stat of
+every file each ``poll_interval_s``), or ``auto``: poll when the directory is on a network file
+system (``fleet.mounts``), where inotify misses every change made on another host. The choice
+is made again each time the watch is (re)armed, so a directory mounted later is seen right.
 """
 
 from __future__ import annotations
@@ -10,13 +15,17 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import watchfiles
 
 from broker_agent.fleet.files import is_candidate
+from broker_agent.fleet.mounts import MOUNTINFO, directory_mount
 from broker_agent.logs import get_logger
 
 log = get_logger(__name__)
+
+WatchMode = Literal["auto", "inotify", "poll"]
 
 
 def _watch_filter(change: watchfiles.Change, path: str) -> bool:
@@ -36,6 +45,9 @@ class DirectoryWatcher:
         step_ms: int = 10,
         retry_s: float = 1.0,
         check_interval_ms: int = 1000,
+        mode: WatchMode = "auto",
+        poll_interval_s: float = 1.0,
+        mountinfo: Path = MOUNTINFO,
     ) -> None:
         self.path = path
         self.on_changes = on_changes
@@ -44,7 +56,33 @@ class DirectoryWatcher:
         self.step_ms = step_ms
         self.retry_s = retry_s
         self.check_interval_ms = check_interval_ms
+        self.mode = mode
+        self.poll_interval_s = poll_interval_s
+        self.mountinfo = mountinfo
+        self.polling: bool | None = None  # how the current watch works, once armed
         self.ready = asyncio.Event()
+
+    def uses_polling(self) -> bool:
+        """Whether to poll: as configured, or (``auto``) when the directory is on a network FS."""
+        if self.mode != "auto":
+            return self.mode == "poll"
+        mount = directory_mount(self.path, self.mountinfo)
+        return mount is not None and mount.is_network
+
+    def _choose_polling(self) -> bool:
+        polling = self.uses_polling()
+        if polling != self.polling:
+            mount = directory_mount(self.path, self.mountinfo)
+            log.info(
+                "config_dir_watch_mode",
+                path=str(self.path),
+                watch="poll" if polling else "inotify",
+                setting=self.mode,
+                fs_type=mount.fs_type if mount is not None else None,
+                poll_interval_s=self.poll_interval_s if polling else None,
+            )
+        self.polling = polling
+        return polling
 
     async def run(self) -> None:
         first = True
@@ -68,6 +106,7 @@ class DirectoryWatcher:
         # (seconds); setting the event ends that thread within one step.
         stop = asyncio.Event()
         identity = _identity(self.path)
+        polling = self._choose_polling()
         changes = watchfiles.awatch(
             self.path,
             watch_filter=_watch_filter,
@@ -79,6 +118,8 @@ class DirectoryWatcher:
             # or replaced, which leaves the OS watch on a dead directory, silently
             rust_timeout=self.check_interval_ms,
             yield_on_timeout=True,
+            force_polling=polling,
+            poll_delay_ms=max(1, round(self.poll_interval_s * 1000)),
         )
         # awatch installs its OS watch synchronously in its first step; once that step has
         # run (one turn of the loop), every later change is captured.
