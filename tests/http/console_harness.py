@@ -102,14 +102,14 @@ async def console_fleet(
     *,
     simulate: int = 0,
     provision_timeout_s: float = 10.0,
+    listen: str = "127.0.0.1:0",
+    login: tuple[str, str] | None = None,
     **agent_extra: Any,
 ) -> AsyncIterator[ConsoleFleet]:
-    """The agent (console on) and, with ``simulate``, station ``bench-1``; entered once the
-    console has seen every device."""
+    """The agent (console on, listening on ``listen``) and, with ``simulate``, station
+    ``bench-1``; entered once the console has seen every device, logged in with ``login``."""
     configs, secrets = write_fleet(root)
-    settings = agent_settings(
-        broker_url, configs, secrets, http_listen="127.0.0.1:0", **agent_extra
-    )
+    settings = agent_settings(broker_url, configs, secrets, http_listen=listen, **agent_extra)
     async with AsyncExitStack() as stack:
         agent = await stack.enter_async_context(running_agent(settings))
         station = None
@@ -126,10 +126,14 @@ async def console_fleet(
                     )
                 )
             )
-        assert agent.http is not None and agent.http.url is not None
+        assert agent.http is not None and agent.http.port is not None
         http = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=agent.http.url, timeout=15)
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{agent.http.port}", timeout=15)
         )
+        if login is not None:
+            user, password = login
+            answer = await http.post("/api/login", json={"username": user, "password": password})
+            assert 200 == answer.status_code, answer.text
         session = (await http.get("/api/session")).json()
 
         async def all_seen() -> bool:

@@ -19,7 +19,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
@@ -243,10 +243,12 @@ async def recent_events(
 
 
 @router.get("/events", response_class=EventSourceResponse)
-async def events(request: Request) -> AsyncIterator[ServerSentEvent]:
+async def events(console: Annotated[Console, Depends(viewer)]) -> AsyncIterator[ServerSentEvent]:
     """Live updates (server-sent events): ``update`` batches at most 5 per second, each with
-    the changed device ids, stations, jobs, new agent events and the fleet's counts."""
-    console = viewer(request)
+    the changed device ids, stations, jobs, new agent events and the fleet's counts.
+
+    The login check is a dependency: it must run before the stream starts, or its 401 would
+    come out as a broken stream."""
     changes = console.client.model.changes
     queue = changes.subscribe()
     try:
