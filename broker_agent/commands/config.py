@@ -24,14 +24,15 @@ import sys
 from typing import Any
 
 from broker_agent.commands.provision import request_scope
-from broker_agent.commands.status import RetainedReader
+from broker_agent.commands.status import marker_topic
 from broker_agent.errors import BrokerUnavailableError, SetupError
 from broker_agent.mqtt import Message, PendingAnswers, make_connection
+from broker_agent.mqtt.retained import read_retained
 from broker_agent.settings import MqttSettings
 from firmware_contracts.identifiers import InvalidIdentifierError, check_identifier
 from firmware_contracts.json_rules import StrictJsonError, loads_strict
 from firmware_contracts.payloads import SHA256_PATTERN, ConfigEnvelope
-from firmware_contracts.topics import TopicKind, Topics
+from firmware_contracts.topics import Topics
 
 EXIT_REFUSED = 1
 EXIT_SETUP = 2
@@ -122,22 +123,18 @@ async def send_write(
 async def get_config(
     settings: MqttSettings, url: str, device_id: str, timeout: float
 ) -> ConfigEnvelope | None:
-    topics = Topics(settings.topic_root)
-    found: list[bytes] = []
-
-    def on_message(kind: TopicKind, identifier: str, payload: bytes) -> None:
-        if identifier == device_id:
-            found.append(payload)
-
-    reader = RetainedReader(
-        settings, url, {TopicKind.DEVICE_CONFIG: topics.device_config(device_id)}, on_message
+    topic = Topics(settings.topic_root).device_config(device_id)
+    found: dict[str, bytes] = {}
+    await read_retained(
+        settings,
+        url,
+        [topic],
+        found.__setitem__,
+        client_id=f"config-{secrets.token_hex(6)}",
+        marker_topic=marker_topic(settings, url),
+        timeout=timeout,
     )
-    async with reader.connection:
-        try:
-            await reader.read(timeout)
-        finally:
-            await reader.close()
-    payload = found[-1] if found else b""
+    payload = found.get(topic, b"")
     return ConfigEnvelope.from_json(payload) if payload else None
 
 

@@ -24,17 +24,19 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from broker_agent.commands.provision import request_scope
 from broker_agent.errors import BrokerUnavailableError, SetupError
 from broker_agent.fleet.state import Device, FleetView
-from broker_agent.mqtt import Connection, Message, make_connection
+from broker_agent.mqtt import make_connection
+from broker_agent.mqtt.retained import read_retained
 from broker_agent.settings import MqttSettings
 from firmware_contracts.codes import DevicePresence, FleetState
-from firmware_contracts.topics import TopicKind, Topics
+from firmware_contracts.identifiers import is_identifier
+from firmware_contracts.topics import TOPICS, TopicKind, Topics
 
 EXIT_FAILED = 1
 EXIT_SETUP = 2
@@ -42,94 +44,62 @@ READ_TIMEOUT_S = 30.0
 WATCH_REDRAW_S = 0.5  # at most this often on changes
 WATCH_AGE_REDRAW_S = 5.0  # and this often anyway, for the age column
 SHORT_SHA = 12
+FLEET_KINDS = (TopicKind.DEVICE_CONFIG, TopicKind.DEVICE_CONFIG_APPLIED, TopicKind.DEVICE_STATUS)
 PIPED_WIDTH = 250
 
 
-class RetainedReader:
-    """Reads every retained message under some contract filters, then stays subscribed.
+def marker_topic(settings: MqttSettings, url: str) -> str:
+    """Where this client's sync marker goes: ``{root}/operators/<user>/sync``."""
+    scope = request_scope(settings, url, f"cli-{secrets.token_hex(6)}")
+    return f"{Topics(settings.topic_root).root}/operators/{scope}/sync"
 
-    ``read()`` returns once the marker is back: everything retained has been handed to
-    ``on_message`` by then; later (live) messages keep arriving until the connection closes.
+
+def device_router(
+    root: str, handlers: Mapping[TopicKind, Callable[[str, bytes], None]]
+) -> Callable[[str, bytes], None]:
+    """Route ``{root}/devices/<id>/<suffix>`` to the handler of its kind.
+
+    A dict lookup on the suffix, taken from the contract's topic table, instead of
+    ``Topics.parse`` (which tries every template: ~17 us a message, measured, and a status
+    read of 100,000 devices is 300,000 messages).
     """
+    prefix = f"{root}/devices/"
+    by_suffix = {TOPICS[kind].template.split("}/", 1)[1]: h for kind, h in handlers.items()}
 
-    def __init__(
-        self,
-        settings: MqttSettings,
-        url: str,
-        kinds: dict[TopicKind, str],
-        on_message: Callable[[TopicKind, str, bytes], None],
-    ) -> None:
-        self.topics = Topics(settings.topic_root)
-        self.kinds = kinds  # kind -> filter
-        self.on_message = on_message
-        nonce = secrets.token_hex(6)
-        scope = request_scope(settings, url, f"cli-{nonce}")
-        self.marker_topic = f"{self.topics.root}/operators/{scope}/sync"
-        self._nonce = nonce.encode()
-        self._synced = asyncio.Event()
-        self.connection = make_connection(
-            settings, url, client_id=f"status-{nonce}", route=self._route
-        )
+    def route(topic: str, payload: bytes) -> None:
+        if topic.startswith(prefix):
+            device_id, _, suffix = topic[len(prefix) :].partition("/")
+            handler = by_suffix.get(suffix)
+            if handler is not None and is_identifier(device_id):
+                handler(device_id, payload)
 
-    def _route(self, message: Message) -> None:
-        if message.topic == self.marker_topic:
-            if message.payload == self._nonce:
-                self._synced.set()
-            return
-        match = self.topics.parse(message.topic)
-        if match is not None and match.kind in self.kinds:
-            self.on_message(match.kind, match.identifier, message.payload)
-
-    async def read(self, timeout: float) -> None:
-        connection: Connection = self.connection
-        lost = asyncio.create_task(connection.wait_disconnected(), name="status-connection")
-        self._lost = lost
-        for topic_filter in self.kinds.values():
-            await connection.subscribe(topic_filter, qos=0)
-        await connection.subscribe(self.marker_topic, qos=0)
-        await connection.publish(self.marker_topic, self._nonce, qos=0)
-        synced = asyncio.ensure_future(self._synced.wait())
-        done, _ = await asyncio.wait({synced, lost}, timeout=timeout, return_when="FIRST_COMPLETED")
-        if lost in done:
-            lost.result()  # raises why the connection ended
-        if synced not in done:
-            synced.cancel()
-            raise SetupError(f"the broker did not return our marker within {timeout:g} s")
-
-    async def close(self) -> None:
-        lost = getattr(self, "_lost", None)
-        if lost is not None:
-            lost.cancel()
-            await asyncio.gather(lost, return_exceptions=True)
+    return route
 
 
-def fleet_reader(settings: MqttSettings, url: str, view: FleetView) -> RetainedReader:
-    topics = Topics(settings.topic_root)
-    handlers = {
-        TopicKind.DEVICE_CONFIG: view.on_config,
-        TopicKind.DEVICE_CONFIG_APPLIED: view.on_ack,
-        TopicKind.DEVICE_STATUS: view.on_status,
-    }
+def fleet_filters(topics: Topics) -> list[str]:
+    return [topics.filter(kind) for kind in FLEET_KINDS]
 
-    def on_message(kind: TopicKind, device_id: str, payload: bytes) -> None:
-        handlers[kind](device_id, payload)
 
-    return RetainedReader(
-        settings, url, {kind: topics.filter(kind) for kind in handlers}, on_message
-    )
+def fleet_route(topics: Topics, view: FleetView) -> Callable[[str, bytes], None]:
+    handlers = dict(zip(FLEET_KINDS, (view.on_config, view.on_ack, view.on_status), strict=True))
+    return device_router(topics.root, handlers)
 
 
 async def read_fleet(
     settings: MqttSettings, url: str, timeout: float = READ_TIMEOUT_S
 ) -> FleetView:
     """The whole fleet's state, as retained right now."""
+    topics = Topics(settings.topic_root)
     view = FleetView(settings.pending_grace_s)
-    reader = fleet_reader(settings, url, view)
-    async with reader.connection:
-        try:
-            await reader.read(timeout)
-        finally:
-            await reader.close()
+    await read_retained(
+        settings,
+        url,
+        fleet_filters(topics),
+        fleet_route(topics, view),
+        client_id=f"status-{secrets.token_hex(6)}",
+        marker_topic=marker_topic(settings, url),
+        timeout=timeout,
+    )
     view.advance()
     return view
 
@@ -264,21 +234,45 @@ def status_command(args: argparse.Namespace, settings: MqttSettings) -> int:
 
 
 async def _watch(settings: MqttSettings, url: str, selection: Selection) -> int:
+    """Live updates subscribed first (no retained copies), then the snapshot: a message that
+    arrives while the snapshot runs is newer than what the snapshot read, so applying both in
+    arrival order ends in the current state."""
     from rich.live import Live
 
+    topics = Topics(settings.topic_root)
     view = FleetView(settings.pending_grace_s)
-    reader = fleet_reader(settings, url, view)
-    async with reader.connection:
+    route = fleet_route(topics, view)
+    connection = make_connection(
+        settings,
+        url,
+        client_id=f"status-{secrets.token_hex(6)}",
+        route=lambda message: route(message.topic, message.payload),
+    )
+    async with connection:
+        lost = asyncio.create_task(connection.wait_disconnected(), name="status-connection")
         try:
-            await reader.read(READ_TIMEOUT_S)
+            for topic_filter in fleet_filters(topics):
+                await connection.subscribe(topic_filter, qos=0, retain_handling=2)
+            await read_retained(
+                settings,
+                url,
+                fleet_filters(topics),
+                route,
+                client_id=f"status-{secrets.token_hex(6)}",
+                marker_topic=marker_topic(settings, url),
+                timeout=READ_TIMEOUT_S,
+            )
             shown, drawn_at = -1, 0.0
             with Live(auto_refresh=False) as live:
-                while True:
+                while not lost.done():
                     view.advance()
                     if view.version != shown or time.monotonic() - drawn_at > WATCH_AGE_REDRAW_S:
                         shown, drawn_at = view.version, time.monotonic()
                         live.update(render_table(select(view, selection), time.time()))
                         live.refresh()
                     await asyncio.sleep(WATCH_REDRAW_S)
+            lost.result()  # raises why the connection ended
+            return EXIT_SETUP
         finally:
-            await reader.close()
+            lost.cancel()
+            await asyncio.gather(lost, return_exceptions=True)
