@@ -47,6 +47,17 @@ DEFAULT_EVENT_INTERVAL_S = 0.1
 
 _CANCEL_POLL_S = 0.02
 
+Flasher = Callable[
+    [
+        JobRequest,
+        Callable[[PartitionEntry], bytes],
+        Callable[[FlashProgress], None],
+        threading.Event,
+    ],
+    FlashOutcome,
+]
+"""``run_flash_job`` itself (on the job's thread) or ``worker.ProcessFlasher`` (a child process)."""
+
 
 @dataclass(frozen=True)
 class JobResult:
@@ -159,6 +170,7 @@ def run_job(
     *,
     record: Callable[[JobResult], None] | None = None,
     min_interval_s: float = DEFAULT_EVENT_INTERVAL_S,
+    flasher: Flasher = run_flash_job,
 ) -> JobResult:
     """Run one job to its end. BLOCKING: call it on the job's own thread. Never raises."""
     stream = JobEventStream(request, publish, min_interval_s=min_interval_s)
@@ -167,7 +179,7 @@ def run_job(
     outcome: FlashOutcome | None = None
     error: FlashJobError | None = None
     try:
-        outcome = run_flash_job(request, fetch_image, stream.on_progress, cancel)
+        outcome = flasher(request, fetch_image, stream.on_progress, cancel)
     except FlashJobError as exc:
         error = exc
     except Exception as exc:

@@ -1,7 +1,8 @@
-"""The flash station (contract section 4): flash commands over MQTT, one worker thread per job.
+"""The flash station (contract section 4): flash commands over MQTT, one worker process per job.
 
 Tasks (all named): the port scanner, the MQTT session loop and, per job, a task that publishes
-the job's events in order while the job runs on its own thread (``flash_job.run_job``).
+the job's events in order while the job runs on its own thread (``job.run_job``), whose esptool
+work runs in a child process (``worker.ProcessFlasher``: parallel boards do not share a GIL).
 
 Per connection: subscribe to ``flash/request`` and ``flash/cancel`` (Retain Handling 2: a
 command retained before the station subscribed is never run) and to the provisioning answers
@@ -54,6 +55,7 @@ from broker_agent.station.commands import (
     select_port,
 )
 from broker_agent.station.job import (
+    Flasher,
     JobResult,
     JobThread,
     call_from_job_thread,
@@ -63,6 +65,7 @@ from broker_agent.station.job import (
 )
 from broker_agent.station.manufacturing_log import ManufacturingLog
 from broker_agent.station.ports import PortScan, port_key, scan_ports
+from broker_agent.station.worker import ProcessFlasher
 from firmware_contracts.codes import FlashErrorCode, FlashPhase, FlashStatus, PresenceState
 from firmware_contracts.partition_table import PartitionEntry
 from firmware_contracts.payloads import (
@@ -107,6 +110,7 @@ class Station:
         *,
         connect_attempts: int = 3,
         event_interval_s: float = 0.1,
+        flasher: Flasher | None = None,
     ) -> None:
         url = broker_url or settings.broker_url
         if url is None:
@@ -119,6 +123,7 @@ class Station:
         self.topics = Topics(settings.topic_root)
         self.connect_attempts = connect_attempts
         self.event_interval_s = event_interval_s
+        self.flasher = flasher or ProcessFlasher(settings.log_format, settings.log_level)
         self.online = asyncio.Event()
         self.requester = ImageRequester(self.topics, self.station_id, settings.provision_timeout_s)
         self.manufacturing_log = ManufacturingLog(settings.manufacturing_log, self.station_id)
@@ -152,13 +157,13 @@ class Station:
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         with self._simulated_boards():
             self._scan = await asyncio.to_thread(scan_ports)
+            if isinstance(self.flasher, ProcessFlasher):
+                await asyncio.to_thread(self.flasher.warm_up)
             try:
                 async with asyncio.TaskGroup() as jobs:
                     self._job_group = jobs
                     async with asyncio.TaskGroup() as group:
-                        self.http = await start_http(
-                            group, self.metrics, self.settings.http_listen
-                        )
+                        self.http = await start_http(group, self.metrics, self.settings.http_listen)
                         group.create_task(self._watch_ports(), name="port-scanner")
                         group.create_task(
                             run_forever_connected(
@@ -169,6 +174,8 @@ class Station:
             finally:
                 self._job_group = None
                 self._stop_job_threads()
+                if isinstance(self.flasher, ProcessFlasher):
+                    await asyncio.to_thread(self.flasher.close)
 
     @contextlib.contextmanager
     def _simulated_boards(self) -> Iterator[None]:
@@ -465,6 +472,7 @@ class Station:
             job.cancel,
             record=self.manufacturing_log.append,
             min_interval_s=self.event_interval_s,
+            flasher=self.flasher,
         )
 
     async def _run_job(self, job: _Job) -> None:

@@ -309,7 +309,7 @@ def test_port_busy_and_cancel_then_the_board_is_usable_again(bench: Bench) -> No
         assert "already running" in duplicate["error"]["message"]
         assert_stream(held, ok=False)
         assert ("aborted", "fetching_nvs") == (held[-1]["error"]["code"], held[-1]["phase"])
-        assert cancel_took < 2
+        assert cancel_took < 1  # the job runs in a worker process: cancel still answers at once
         assert b"\xff" * NVS_SIZE == untouched
         assert_stream(again, ok=True)
         assert credentials("kitchen-01") == parse_nvs(image).strings("prov")
