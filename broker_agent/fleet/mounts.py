@@ -2,8 +2,8 @@
 
 inotify reports only changes made through this kernel. On a network file system (NFS, CephFS,
 SMB, sshfs, 9p, virtiofs) a file written by another host changes nothing this kernel sees, so a
-replica watching with inotify never notices it; only polling does (docs/scaling.md, "A shared
-config directory"). ``BROKER_AGENT_WATCH_MODE=auto`` polls exactly there.
+replica watching with inotify never notices it; only polling does (docs/multi-site.md, "A config
+directory shared by replicas"). ``BROKER_AGENT_WATCH_MODE=auto`` polls exactly there.
 
 mountinfo line (proc(5)): ``ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE
 SOURCE SUPER_OPTIONS``; the mount point escapes space, tab, newline and ``\\`` as octal.

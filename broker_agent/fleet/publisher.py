@@ -10,7 +10,7 @@ publisher had acknowledged and the ones other agents publish, is reported to eac
 and a config write waits on it for its answer. When a config is cleared, the device's retained
 ``config/applied`` is cleared with it (contract 6.1), so the fleet state shows nothing stale.
 
-Replicas sharing one directory (docs/scaling.md): a config is published only from the file as
+Replicas sharing one directory (docs/multi-site.md): a config is published only from the file as
 just read (content and mtime from one open, which a network file system revalidates), and not
 when another replica's retained envelope has a later ``updated_at`` than that file's mtime: that
 replica read a newer version of the file than this one sees (a stale NFS/CephFS view), so its
