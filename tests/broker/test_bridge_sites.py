@@ -7,7 +7,6 @@ in-process); devices and stations connect to their site, the agent to the centre
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,24 +17,22 @@ from typing import Any
 
 import pytest
 
-from broker_agent.cli import main
 from broker_agent.commands.provision import request_image_online
 from broker_agent.settings import MqttSettings, StationSettings
-from firmware_contracts.payloads import ConfigEnvelope, config_sha256
+from firmware_contracts.payloads import config_sha256
 from firmware_contracts.topics import Topics
-from tests.station.harness import FLEET, STATION, commander, make_bench
+from tests.station.harness import STATION, commander, make_bench
 from tests.support.agent import agent_settings, running_agent
-from tests.support.broker import PROJECT, Broker
+from tests.support.broker import Broker
 from tests.support.device import running_device
 from tests.support.mqtt import observe, retained_snapshot, v5_properties
+from tests.support.sites import CONVERGE_S, bridges_up, converged, site_broker
 from tests.support.station import running_station
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 T = Topics("iot")
-CONFIGS = "iot/devices/+/config"
 SITES = ("site-a", "site-b")
-CONVERGE_S = 20.0
 
 
 @dataclass
@@ -60,44 +57,6 @@ class Topology:
         self.central.stop(kill=True)
         (self.central.process.data_dir / "mosquitto.db").unlink(missing_ok=True)
         self.central.start()
-
-
-async def retained_shas(url: str) -> dict[str, str]:
-    snapshot = await retained_snapshot(url, CONFIGS)
-    return {
-        topic.split("/")[2]: ConfigEnvelope.model_validate_json(payload).sha256
-        for topic, payload in snapshot.items()
-        if payload
-    }
-
-
-async def converged(url: str, expected: dict[str, str], timeout: float = CONVERGE_S) -> None:
-    """Wait until the broker at ``url`` retains exactly ``expected``; fail with the difference."""
-    deadline = time.monotonic() + timeout
-    seen = await retained_shas(url)
-    while expected != seen and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        seen = await retained_shas(url)
-    assert expected == seen
-
-
-async def bridges_up(site: Broker, timeout: float = CONVERGE_S) -> None:
-    """Both bridge links of a site report 1 on their notification topics."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = await retained_snapshot(site.url, "$SYS/broker/connection/+/state")
-        if len(states) == 2 and set(states.values()) == {b"1"}:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"bridges of {site.url} not connected: {states}")
-
-
-def site_broker(tmp_path: Path, name: str, central: Broker) -> Broker:
-    conf = tmp_path / f"{name}-bridge.conf"
-    args = ["bridge-config", "--site", name, "--central", central.url, "-o", str(conf)]
-    assert 0 == main([*args, "--restart-timeout", "1"])
-    base = (PROJECT / "mosquitto.conf").read_text()
-    return Broker(tmp_path / name, base + "\n" + conf.read_text())
 
 
 @pytest.fixture
@@ -206,16 +165,18 @@ async def test_a_station_at_a_site_flashes_a_board_commanded_from_the_centre(
     )
     async with (
         central_agent(topology),
-        running_station(settings) as station,
+        running_station(settings),
         commander(topology.central.url) as operator,
     ):
-        await operator.wait(lambda: bool(operator.statuses))
-        board = station.simulated[0]
-        events = await operator.run(
-            {"request_id": "job-1", "device_id": "dev-1", "port": board.url}
-        )
-    assert ("ok", 100) == (events[-1]["status"], events[-1]["progress"])
-    assert FLEET["token_url"].encode() in bytes(board.board.flash)
+        await operator.wait(lambda: bool(operator.statuses and operator.statuses[-1]["ports"]))
+        port = operator.statuses[-1]["ports"][0]["port"]  # the station's status crossed up
+        events = await operator.run({"request_id": "job-1", "device_id": "dev-1", "port": port})
+    # "ok" comes only after the MD5 of the written NVS region matched (contract 4)
+    assert ("ok", "done", 100) == (
+        events[-1]["status"],
+        events[-1]["phase"],
+        events[-1]["progress"],
+    )
 
 
 async def test_sites_converge_after_the_central_broker_restarts_empty(topology: Topology) -> None:
@@ -281,9 +242,3 @@ async def test_a_config_deleted_while_the_centre_was_empty_stays_at_sites_until_
         async with observe(site.url) as operator:
             await operator.client.publish(T.device_config("dev-1"), b"", qos=1, retain=True)
         await converged(site.url, topology.directory())
-
-
-def test_directory_hash_matches_the_envelope_hash() -> None:
-    """The tests compare sites with the directory by the contract's canonical sha256."""
-    canonical = json.dumps({"b": 1, "a": 2}, sort_keys=True, separators=(",", ":"))
-    assert hashlib.sha256(canonical.encode()).hexdigest() == config_sha256({"a": 2, "b": 1})
