@@ -88,9 +88,14 @@ class Paho:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def publish_all(self, messages: list[tuple[str, bytes]], retain: bool = True) -> None:
-        infos = [self.client.publish(t, p, qos=1, retain=retain) for t, p in messages]
-        for info in infos:
-            info.wait_for_publish(60)
+        # in slices: message ids are 16 bits, and a mid still in flight cannot be reused
+        for start in range(0, len(messages), 20_000):
+            infos = [
+                self.client.publish(t, p, qos=1, retain=retain)
+                for t, p in messages[start : start + 20_000]
+            ]
+            for info in infos:
+                info.wait_for_publish(120)
 
     def close(self) -> None:
         self.client.disconnect()
