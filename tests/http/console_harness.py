@@ -20,6 +20,7 @@ from broker_agent.app import Agent
 from broker_agent.settings import StationSettings
 from broker_agent.station.station import Station
 from tests.support.agent import agent_settings, running_agent
+from tests.support.mqtt import client_for
 from tests.support.station import running_station
 
 CLIENT_SECRET = "client-secret-never-shown-7f3a"
@@ -58,6 +59,19 @@ def write_fleet(root: Path, devices: tuple[str, ...] = DEVICES) -> tuple[Path, P
             json.dumps({"client_id": f"{device_id}-client", "client_secret": CLIENT_SECRET})
         )
     return configs, secrets
+
+
+async def publish_ack(broker_url: str, device_id: str, sha256: str, ok: bool = True) -> None:
+    """What firmware publishes after applying a config (6.1): its retained ack and online
+    status (with a secret-looking field of its own, which the console must hide)."""
+    error = None if ok else {"code": "apply_failed", "message": "LED driver missing"}
+    ack = {"sha256": sha256, "ok": ok, "error": error, "ts": "2026-12-01T10:00:00Z"}
+    async with client_for(broker_url) as client:
+        topic = f"iot/devices/{device_id}/config/applied"
+        await client.publish(topic, json.dumps(ack), qos=1, retain=True)
+        status = {"state": "online", "fw_version": "1.4.2", "wifi_password": "from-firmware"}
+        topic = f"iot/devices/{device_id}/status"
+        await client.publish(topic, json.dumps(status), qos=1, retain=True)
 
 
 @dataclass

@@ -20,24 +20,12 @@ import pytest
 from broker_agent.commands.console import run_console
 from broker_agent.http.server import HttpServer
 from broker_agent.settings import ConsoleSettings, StationSettings
-from tests.http.console_harness import ConsoleFleet, console_fleet, eventually
+from tests.http.console_harness import ConsoleFleet, console_fleet, eventually, publish_ack
 from tests.support.broker import Broker
-from tests.support.mqtt import client_for
 from tests.support.service import running
 from tests.support.station import running_station
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def publish_ack(broker_url: str, device_id: str, sha256: str, ok: bool = True) -> None:
-    error = None if ok else {"code": "apply_failed", "message": "LED driver missing"}
-    ack = {"sha256": sha256, "ok": ok, "error": error, "ts": "2026-12-01T10:00:00Z"}
-    async with client_for(broker_url) as client:
-        topic = f"iot/devices/{device_id}/config/applied"
-        await client.publish(topic, json.dumps(ack), qos=1, retain=True)
-        status = {"state": "online", "fw_version": "1.4.2", "wifi_password": "from-firmware"}
-        topic = f"iot/devices/{device_id}/status"
-        await client.publish(topic, json.dumps(status), qos=1, retain=True)
 
 
 async def test_devices_are_paged_filtered_and_counted_on_the_server(

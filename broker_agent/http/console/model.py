@@ -287,6 +287,7 @@ class ConsoleModel:
             "sha256": device.config.sha256 if device.config else None,
             "age_s": _rounded(device.age_s(now)),
             "ack_ok": ack.ok if ack else None,
+            "ack_sha256": ack.sha256 if ack else None,
             "ack_error": ack.error if ack else None,
             "fw_version": status.get("fw_version") if isinstance(status, dict) else None,
         }

@@ -36,7 +36,7 @@ def render(title: str, active: str, module: str, body: str, data: dict[str, str]
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)} · broker-agent</title>
-<link rel="stylesheet" href="/console/static/console.css">
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/console/static/console.css">
 <script type="module" src="/console/static/{module}.js"></script></head>
 <body{attrs}><header><strong>broker-agent</strong><nav>{links}</nav>
 <span id="who"></span><span id="live" title="live updates">●</span></header>

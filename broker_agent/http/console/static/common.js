@@ -21,15 +21,21 @@ function toLogin() {
   location.href = "/console/login?next=" + encodeURIComponent(location.pathname);
 }
 
-let session = null;
-export async function getSession() {
-  if (session) return session;
+// One request per page: concurrent callers share it (two would make two open sessions, and the
+// cookie of one would go with the CSRF token of the other).
+let pending = null;
+export function getSession() {
+  pending = pending || fetchSession();
+  return pending;
+}
+
+async function fetchSession() {
   const response = await fetch("/api/session", { credentials: "same-origin" });
   if (response.status === 401) {
     toLogin();
     throw new Error("login required");
   }
-  session = await response.json();
+  const session = await response.json();
   const who = $("#who");
   if (who) {
     who.replaceChildren(session.user || "");

@@ -32,8 +32,10 @@ async function load(replaceEditor) {
     ...fact("ack error", el("span", { class: "error" }, ackError)),
     ...fact("firmware", data.status?.fw_version || ""),
   );
-  baseSha = data.sha256;
+  // The editor and the sha256 it is based on change together: a live update does not touch
+  // an edit in progress, so saving it later is checked against what the operator started from.
   if (replaceEditor || !edited) {
+    baseSha = data.sha256;
     $("#editor").value = data.config ? JSON.stringify(data.config, null, 2) : "{\n}";
     edited = false;
   }

@@ -28,7 +28,8 @@ function pick(state) {
 }
 
 function row(device) {
-  const ack = device.ack_ok === null ? "none" : device.ack_ok ? "ok" : `error: ${device.ack_error}`;
+  let ack = device.ack_ok === null ? "none" : device.ack_ok ? "ok" : `error: ${device.ack_error}`;
+  if (device.ack_sha256 && device.ack_sha256 !== device.sha256) ack += " (an older config)";
   return el("tr", { id: `row-${device.device_id}`, "data-device": device.device_id },
     el("td", {}, el("a", { href: `/console/devices/${device.device_id}` }, device.device_id)),
     el("td", { class: "state" }, badge(device.state)),

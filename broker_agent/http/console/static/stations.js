@@ -5,7 +5,7 @@ const open = new Set(); // ports whose flash form has input: not re-rendered und
 
 function jobView(job, stationId) {
   const failed = job.status === "error";
-  return el("li", { id: `job-${job.request_id}`, class: `job ${job.status}`, "data-status": job.status },
+  return el("li", { id: `job-${job.request_id}`, class: `job status-${job.status}`, "data-status": job.status },
     el("div", {},
       el("b", {}, job.device_id || "?"), ` on ${job.port || "(one candidate port)"} · `,
       el("span", { class: "phase" }, job.phase), " · ",
