@@ -159,3 +159,44 @@ async def test_a_station_scoped_bridge_carries_no_other_stations_images(
     async with agent(secured):
         with pytest.raises(ProvisionTimeout):
             await request_image_online(settings, url, "kitchen-01", 0x5000, 2)
+
+
+async def test_a_site_with_its_own_passwords_and_acl_still_bridges(tmp_path: Path) -> None:
+    """The bridge's local side needs no account or ACL entry at the site (measured here)."""
+    auth = tmp_path / "site-auth"
+    auth.mkdir()
+    (auth / "passwd").write_text(PasswordFile().render({"dev-1": "dev-pw-1"}))
+    (auth / "acl").write_text(
+        "pattern read iot/devices/%u/config\n"
+        "pattern write iot/devices/%u/config/applied\n"
+        "pattern write iot/devices/%u/status\n"
+    )
+    base = (
+        (PROJECT / "mosquitto.conf")
+        .read_text()
+        .replace("allow_anonymous true", "allow_anonymous false")
+    )
+    base += f"\npassword_file {auth / 'passwd'}\nacl_file {auth / 'acl'}\n"
+    central = Broker(tmp_path / "central")
+    central.start()
+    site = site_broker(tmp_path, "site-a", central, base=base)
+    try:
+        site.start()
+        (tmp_path / "configs").mkdir()
+        (tmp_path / "configs" / "dev-1.json").write_text(json.dumps({"interval": 30}))
+        sha = config_sha256({"interval": 30})
+        settings = agent_settings(central.url, tmp_path / "configs", http_listen="")
+        async with (
+            running_agent(settings),
+            running_device(site.port, "dev-1", username="dev-1", password="dev-pw-1") as device,
+        ):
+            await device.wait_acked(sha)
+            deadline = time.monotonic() + CONVERGE_S
+            acks: dict[str, bytes] = {}
+            while T.device_config_applied("dev-1") not in acks and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                acks = await retained(central.url, "iot/devices/+/config/applied")
+    finally:
+        site.stop()
+        central.stop()
+    assert sha == json.loads(acks[T.device_config_applied("dev-1")])["sha256"]

@@ -20,12 +20,15 @@ CONFIGS = "iot/devices/+/config"
 CONVERGE_S = 20.0
 
 
-def site_broker(tmp_path: Path, name: str, central: Broker, *options: str) -> Broker:
-    """A site Mosquitto whose bridge sections ``broker-agent bridge-config`` wrote."""
+def site_broker(
+    tmp_path: Path, name: str, central: Broker, *options: str, base: str | None = None
+) -> Broker:
+    """A site Mosquitto (``base`` config, default the project's) plus the bridge sections
+    ``broker-agent bridge-config`` wrote."""
     conf = tmp_path / f"{name}-bridge.conf"
     args = ["bridge-config", "--site", name, "--central", central.url, "-o", str(conf)]
     assert 0 == main([*args, "--restart-timeout", "1", *options])
-    base = (PROJECT / "mosquitto.conf").read_text()
+    base = base if base is not None else (PROJECT / "mosquitto.conf").read_text()
     return Broker(tmp_path / name, base + "\n" + conf.read_text())
 
 
