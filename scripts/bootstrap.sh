@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything broker-agent needs on a fresh Debian/Ubuntu machine, idempotently:
-# Mosquitto and its clients (apt, when missing), a C compiler for the header tests, and a
-# virtualenv in .venv with the package and its dev tools. Safe to run again.
+# Mosquitto and its clients (apt, when missing), a C compiler for the header tests, Chromium for
+# the console's browser tests, and a virtualenv in .venv with the package and its dev tools.
+# Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,10 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# the console's browser tests (tests/browser) drive Debian's Chromium through Playwright's
+# Python driver; Playwright's own browser download does not work on these machines
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
     sudo_cmd=""
