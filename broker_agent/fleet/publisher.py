@@ -14,7 +14,9 @@ Replicas sharing one directory (docs/multi-site.md): a config is published only 
 just read (content and mtime from one open, which a network file system revalidates), and not
 when another replica's retained envelope has a later ``updated_at`` than that file's mtime: that
 replica read a newer version of the file than this one sees (a stale NFS/CephFS view), so its
-config wins and stays (``config_overtaken`` is logged).
+config wins and stays (``config_overtaken`` is logged). Likewise a config is not cleared when
+another replica published it after the directory's mtime as seen here (taken before listing):
+this replica's listing predates that file (``config_clear_overtaken``).
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ class ConfigPublisher:
         retained = dict(self.retained)
         queue: asyncio.Queue[OutgoingMessage | None] = asyncio.Queue()
         overtaken: set[str] = set()
+        listed_at = self._directory_mtime()
 
         async def scan_then_close() -> DirectoryScan:
             # On the event loop, in chunks, so publishing overlaps reading: a scan thread
@@ -182,13 +185,14 @@ class ConfigPublisher:
         scan = scanning.result()
         plan = plan_reconcile(scan, retained, self.guard)
         await self._report_rejections(scan.rejected)
-        await self._apply(connection, ReconcilePlan([], plan.clear, plan.unchanged, plan.blocked))
+        clear = self._clearable(plan.clear, listed_at)
+        await self._apply(connection, ReconcilePlan([], clear, plan.unchanged, plan.blocked))
         published = [config for config in plan.publish if config.device_id not in overtaken]
         await self._report_published(published, [])
         log.info(
             "reconciled",
             published=len(published),
-            cleared=len(plan.clear),
+            cleared=len(clear),
             unchanged=plan.unchanged,
             rejected=len(scan.rejected),
             devices=len(self.retained),
@@ -232,15 +236,35 @@ class ConfigPublisher:
 
     async def _apply_changes(self, connection: Connection, names: Iterable[str]) -> None:
         """The same plan as a reconcile, scoped to the files the watcher named."""
+        listed_at = self._directory_mtime()
         scan, todo = open_scan(self.config_dir, names)
         for _ in scan.read(self.config_dir, todo, self.schema, self.max_bytes):
             pass
         await self._report_rejections(scan.rejected)
         plan = plan_reconcile(scan, self.retained, self.guard)
         fresh = [config for config in plan.publish if not self._overtaken(config)]
-        await self._apply(
-            connection, ReconcilePlan(fresh, plan.clear, plan.unchanged, plan.blocked)
-        )
+        clear = self._clearable(plan.clear, listed_at)
+        await self._apply(connection, ReconcilePlan(fresh, clear, plan.unchanged, plan.blocked))
+
+    def _directory_mtime(self) -> float | None:
+        try:
+            return self.config_dir.stat().st_mtime
+        except OSError:
+            return None  # no directory: the prune guard blocks every clear anyway
+
+    def _clearable(self, devices: list[str], listed_at: float | None) -> list[str]:
+        """The clears to make: not those another replica published after our listing."""
+        if listed_at is None:
+            return devices
+        kept = [d for d in devices if self._foreign_at.get(d, listed_at) <= listed_at]
+        for device_id in sorted(set(devices) - set(kept)):
+            log.warning(
+                "config_clear_overtaken",
+                device_id=device_id,
+                directory_mtime=utc_timestamp(listed_at),
+                retained_updated_at=utc_timestamp(self._foreign_at[device_id]),
+            )
+        return kept
 
     def _overtaken(self, config: DeviceConfig) -> bool:
         """True when another replica's retained config is newer than our file (module doc)."""

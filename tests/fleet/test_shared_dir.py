@@ -131,6 +131,27 @@ async def test_a_lagging_replica_does_not_republish_an_older_file(
     assert [{"interval": 2}] == configs
 
 
+async def test_a_replica_with_a_stale_listing_does_not_clear_a_newer_config(
+    broker: Broker, tmp_path: Path
+) -> None:
+    current, lagging = tmp_path / "current", tmp_path / "lagging"
+    current.mkdir()
+    lagging.mkdir()
+    write(current, "dev-1", {"interval": 1}, mtime=time.time() - 300)
+    shutil.copy2(current / "dev-1.json", lagging / "dev-1.json")
+    os.utime(lagging, (time.time() - 120, time.time() - 120))  # listed before dev-2 existed
+    write(current, "dev-2", {"interval": 2})
+    topic = "iot/devices/dev-2/config"
+    async with observe(broker.url, topic) as seen:
+        async with replica(broker, current, "agent-a"):
+            await converges(broker, current)
+        async with replica(broker, lagging, "agent-b", watch_mode="poll"):
+            await converges(broker, current)  # agent-b is online: its reconcile is done
+            shutil.copy2(current / "dev-2.json", lagging / "dev-2.json")  # the cache catches up
+            await converges(broker, current)
+    assert [] == [payload for payload in seen.payloads(topic) if not payload]  # never cleared
+
+
 async def test_writes_through_replicas_keep_the_broker_equal_to_the_directory(
     broker: Broker, shared: Path
 ) -> None:
