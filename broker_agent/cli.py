@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     station.add_argument("--manufacturing-log", help="JSON-lines log of finished jobs")
     station.add_argument("--provision-timeout-s", type=float)
     station.add_argument("--http-listen", help="health and metrics (default 127.0.0.1:8081)")
+    station.add_argument(
+        "--auto",
+        metavar="SOURCE",
+        help="zero-touch: flash every board plugged in; SOURCE is a mac,device_id CSV "
+        "or a queue file of device_ids (docs/station.md)",
+    )
 
     console = commands.add_parser("console", help="the operator console and REST API, standalone")
     _add_mqtt_options(console)
@@ -169,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--after", choices=[a.value for a in FlashAfter], default=FlashAfter.NO_RESET.value
     )
     flash.add_argument("--expected-mac")
+    flash.add_argument(
+        "--force", action="store_true", help="write even when the board holds the image"
+    )
     flash.add_argument("--offline", action="store_true", help="build the image from --secrets-dir")
     flash.add_argument("--secrets-dir")
     flash.add_argument("--config-dir", help="with --offline: where device configs live")
@@ -195,6 +204,7 @@ _SETTINGS_FIELDS = {
     "issue_credentials",
     "station_id",
     "simulate",
+    "auto",
     "manufacturing_log",
     "provision_timeout_s",
     "pending_grace_s",

@@ -241,6 +241,11 @@ class StationSettings(MqttSettings):
     manufacturing_log: Path = Path("manufacturing-log.jsonl")
     port_scan_interval_s: float = Field(default=2.0, gt=0)
     simulate: int = Field(default=0, ge=0, le=32, description="Serve N simulated boards.")
+    auto: Path | None = Field(
+        default=None,
+        description="Zero-touch bench mode: flash every board plugged in, its device_id from "
+        "this MAC map (*.csv: mac,device_id) or queue file (one device_id per line).",
+    )
     http_listen: str = Field(
         default="127.0.0.1:8081",
         description="Health, readiness and metrics of `station` (host:port; '' = off).",

@@ -51,7 +51,7 @@ EXIT_JOB_FAILED = 1
 MIN_BAUD, MAX_BAUD = 9600, 5_000_000
 _MAC = re.compile(MAC_PATTERN)
 
-FetchImage = Callable[[PartitionEntry], bytes]
+FetchImage = Callable[[str, PartitionEntry], bytes]
 JobBody = Callable[[], JobResult]
 Record = Callable[[JobResult], None]
 
@@ -108,7 +108,7 @@ def flash_command(args: argparse.Namespace, settings: StationSettings) -> int:
     record = ManufacturingLog(settings.manufacturing_log, settings.station_id).append
     cancel = threading.Event()
     if offline_settings is not None:
-        fetch = _offline_fetch(offline_settings, request.device_id)
+        fetch = _offline_fetch(offline_settings)
         with _progress(request) as view:
             result = _run_here(
                 lambda: run_job(request, fetch, view.on_event, cancel, record=record), cancel
@@ -154,6 +154,7 @@ def _job_request(args: argparse.Namespace) -> JobRequest | None:
         baud=args.baud,
         after=FlashAfter(args.after),
         expected_mac=expected_mac,
+        force=args.force,
     )
 
 
@@ -167,8 +168,8 @@ def _offline_settings(args: argparse.Namespace, settings: StationSettings) -> Ag
     return AgentSettings(secrets_dir=settings.secrets_dir, config_dir=config_dir)
 
 
-def _offline_fetch(settings: AgentSettings, device_id: str) -> FetchImage:
-    def fetch(partition: PartitionEntry) -> bytes:
+def _offline_fetch(settings: AgentSettings) -> FetchImage:
+    def fetch(device_id: str, partition: PartitionEntry) -> bytes:
         try:
             return build_offline_image(settings, device_id, partition.size).data
         except ProvisionFailure as exc:
@@ -210,8 +211,8 @@ async def _run_online(
     connection = make_connection(settings, url, client_id=client_id, route=router)
     loop = asyncio.get_running_loop()
 
-    def fetch(partition: PartitionEntry) -> bytes:
-        coroutine = fetch_image(requester, request, partition.size)
+    def fetch(device_id: str, partition: PartitionEntry) -> bytes:
+        coroutine = fetch_image(requester, device_id, request.request_id, partition.size)
         return call_from_job_thread(loop, coroutine, cancel, FlashPhase.FETCHING_NVS)
 
     result: JobResult | None = None
@@ -247,7 +248,11 @@ def _report(result: JobResult) -> int:
         return EXIT_JOB_FAILED
     outcome = result.outcome
     partition = outcome.partition
-    print(f"ok: {result.request.device_id} written and verified on {result.request.port}")
+    if outcome.skipped:
+        print(f"ok: {result.device_id} on {result.request.port} already held this image: "
+              "nothing written (--force rewrites it)")  # fmt: skip
+    else:
+        print(f"ok: {result.device_id} written and verified on {result.request.port}")
     print(f"chip: {outcome.chip_type}  mac: {outcome.mac}")
     print(f"partition: {partition.name} at {partition.offset:#x}, {partition.size} bytes")
     print(f"md5: {outcome.md5}")

@@ -34,16 +34,19 @@ _SHOWN_PROBLEMS = 3
 class JobRequest:
     """A flash job to run: a command that passed validation and has a port.
 
-    ``port`` is a device path or any pyserial URL (``socket://host:port``).
+    ``port`` is a device path or any pyserial URL (``socket://host:port``). ``device_id`` is
+    None for a zero-touch job (``station/auto.py``): the chip's MAC decides it. ``force``
+    writes the image even when the partition already holds it.
     """
 
     request_id: str
-    device_id: str
+    device_id: str | None
     port: str
     baud: int = 460800
     after: FlashAfter = FlashAfter.NO_RESET
     expected_mac: str | None = None
     connect_attempts: int = 3
+    force: bool = False
 
     def __post_init__(self) -> None:
         if self.baud <= 0:

@@ -71,12 +71,16 @@ class FlashProgress:
 
 @dataclass(frozen=True)
 class FlashOutcome:
-    """A verified write: the NVS partition now holds the image whose MD5 is ``md5``."""
+    """The NVS partition now holds the image whose MD5 is ``md5``, verified.
+
+    ``skipped``: it held that image already, so nothing was written (the job was not forced).
+    """
 
     chip_type: str
     mac: str
     partition: PartitionEntry
     md5: str
+    skipped: bool = False
 
 
 class _Cancelled(Exception):
@@ -205,16 +209,21 @@ class _FlashRun:
         partition = self._read_partition_table(esp)
         self._enter(FlashPhase.FETCHING_NVS)
         image = self._fetch(fetch_image, partition)
-        self._enter(FlashPhase.WRITING)
-        self._write(esp, partition, image)
-        self._enter(FlashPhase.VERIFYING)
-        md5 = self._verify(esp, partition, image)
+        skipped = not self.job.force and self._holds(esp, partition, image)
+        if skipped:  # _holds compared the MD5s: that is the verification
+            self._enter(FlashPhase.VERIFYING)
+            md5 = hashlib.md5(image, usedforsecurity=False).hexdigest()
+        else:
+            self._enter(FlashPhase.WRITING)
+            self._write(esp, partition, image)
+            self._enter(FlashPhase.VERIFYING)
+            md5 = self._verify(esp, partition, image)
         self._cancellable = False  # the image is in flash and verified: the job is done
         self._emit(98)
         self._after(esp)
         self._emit(99)
         assert self.chip_type is not None and self.mac is not None
-        return FlashOutcome(self.chip_type, self.mac, partition, md5)
+        return FlashOutcome(self.chip_type, self.mac, partition, md5, skipped)
 
     def _open_port(self) -> Any:
         name = self.job.port
@@ -328,6 +337,17 @@ class _FlashRun:
             )
         self._emit(29)
         return image
+
+    def _holds(self, esp: Any, partition: PartitionEntry, image: bytes) -> bool:
+        """True when the partition already holds ``image`` (its MD5, read by the stub).
+
+        A board provisioned before (replugged on a zero-touch bench, or commanded twice) is
+        then not rewritten: the flash is spared an erase cycle and the job a write.
+        """
+        expected = hashlib.md5(image, usedforsecurity=False).hexdigest()
+        what = "could not read the partition's MD5 before writing"
+        with self._translate(FlashErrorCode.WRITE_FAILED, what):
+            return str(esp.flash_md5sum(partition.offset, partition.size)) == expected
 
     def _write(self, esp: Any, partition: PartitionEntry, image: bytes) -> None:
         try:

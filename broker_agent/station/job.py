@@ -61,9 +61,13 @@ Flasher = Callable[
 
 @dataclass(frozen=True)
 class JobResult:
-    """How a job ended: ``outcome`` (verified) or ``error``, and what was learnt on the way."""
+    """How a job ended: ``outcome`` (verified) or ``error``, and what was learnt on the way.
+
+    ``device_id`` is the request's, or for a zero-touch job the one its MAC was given.
+    """
 
     request: JobRequest
+    device_id: str | None
     outcome: FlashOutcome | None
     error: FlashJobError | None
     chip_type: str | None
@@ -93,6 +97,7 @@ class JobEventStream:
         self._clock = clock
         self.phase = FlashPhase.CONNECTING
         self.progress = 0
+        self.device_id = request.device_id
         self._published_at = float("-inf")
         self.chip_type: str | None = None
         self.mac: str | None = None
@@ -110,7 +115,7 @@ class JobEventStream:
             status=status,
             phase=self.phase,
             progress=self.progress,
-            device_id=self.request.device_id,
+            device_id=self.device_id,
             port=self.request.port,
             chip=chip,
             partition=partition,
@@ -144,7 +149,8 @@ class JobEventStream:
         if result.outcome is not None:
             self.phase = FlashPhase.DONE
             self.progress = 100
-            event = self._event(FlashStatus.OK, md5=result.outcome.md5)
+            skipped = True if result.outcome.skipped else None
+            event = self._event(FlashStatus.OK, md5=result.outcome.md5, skipped=skipped)
         else:
             assert result.error is not None
             self.phase = result.error.phase  # progress stays at what was last published
@@ -164,22 +170,40 @@ def error_detail(error: FlashJobError) -> FlashErrorDetail:
 
 def run_job(
     request: JobRequest,
-    fetch_image: Callable[[PartitionEntry], bytes],
+    fetch_image: Callable[[str, PartitionEntry], bytes],
     publish: Callable[[FlashEvent], None],
     cancel: threading.Event,
     *,
     record: Callable[[JobResult], None] | None = None,
     min_interval_s: float = DEFAULT_EVENT_INTERVAL_S,
     flasher: Flasher = run_flash_job,
+    identify: Callable[[str], str] | None = None,
 ) -> JobResult:
-    """Run one job to its end. BLOCKING: call it on the job's own thread. Never raises."""
+    """Run one job to its end. BLOCKING: call it on the job's own thread. Never raises.
+
+    ``fetch_image(device_id, partition)`` gets the image. A request without a device_id
+    (zero-touch) needs ``identify(mac) -> device_id``: it is asked once the chip's MAC is
+    known, before the image is fetched, and may refuse with ``FlashJobError``.
+    """
     stream = JobEventStream(request, publish, min_interval_s=min_interval_s)
     stream.accepted()
     started = time.monotonic()
     outcome: FlashOutcome | None = None
     error: FlashJobError | None = None
+
+    def fetch(partition: PartitionEntry) -> bytes:
+        if stream.device_id is None:
+            if identify is None or stream.mac is None:
+                raise FlashJobError(
+                    FlashErrorCode.INTERNAL_ERROR, "no device_id for this job", stream.phase
+                )
+            stream.device_id = identify(stream.mac)
+            log.info("flash_job_identified", request_id=request.request_id,
+                     mac=stream.mac, device_id=stream.device_id)  # fmt: skip
+        return fetch_image(stream.device_id, partition)
+
     try:
-        outcome = flasher(request, fetch_image, stream.on_progress, cancel)
+        outcome = flasher(request, fetch, stream.on_progress, cancel)
     except FlashJobError as exc:
         error = exc
     except Exception as exc:
@@ -194,6 +218,7 @@ def run_job(
         stream.partition = outcome.partition
     result = JobResult(
         request,
+        stream.device_id,
         outcome,
         error,
         stream.chip_type,
@@ -284,15 +309,16 @@ def call_from_job_thread(
             ) from None
 
 
-async def fetch_image(requester: ImageRequester, request: JobRequest, partition_size: int) -> bytes:
-    """The agent's image for the job's device; raises ``FlashJobError`` (phase fetching_nvs).
+async def fetch_image(
+    requester: ImageRequester, device_id: str, request_id: str, partition_size: int
+) -> bytes:
+    """The agent's image for ``device_id``; raises ``FlashJobError`` (phase fetching_nvs).
 
     No answer in time -> ``provisioning_timeout``; the agent's error -> ``provisioning_failed``
     with the agent's error nested as ``cause``.
     """
-    device_id = request.device_id
     try:
-        image = await requester.request(device_id, partition_size, request.request_id)
+        image = await requester.request(device_id, partition_size, request_id)
     except ProvisionTimeout as exc:
         raise FlashJobError(
             FlashErrorCode.PROVISIONING_TIMEOUT, exc.message, FlashPhase.FETCHING_NVS

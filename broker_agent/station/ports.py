@@ -116,6 +116,9 @@ def scan_entries(entries: Iterable[Any]) -> PortScan:
     return PortScan(tuple(candidates), paths)
 
 
-def scan_ports() -> PortScan:
-    """Ask the OS which serial ports exist now (a few milliseconds; call it off the loop)."""
-    return scan_entries(list_ports.comports())
+def scan_ports(extra: Iterable[Any] = ()) -> PortScan:
+    """Ask the OS which serial ports exist now (a few milliseconds; call it off the loop).
+
+    ``extra``: more entries shaped like pyserial's, e.g. ``SimulatedBench.comports()``.
+    """
+    return scan_entries([*list_ports.comports(), *extra])

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -44,7 +46,8 @@ from broker_agent.mqtt import (
 )
 from broker_agent.provisioning.requester import ImageRequester
 from broker_agent.settings import StationSettings
-from broker_agent.simulator import BoardConfig, BoardServer, SimulatedBoard
+from broker_agent.simulator import BoardConfig, SimulatedBench, SimulatedBoard
+from broker_agent.station.auto import open_source
 from broker_agent.station.commands import (
     JobRequest,
     new_request_id,
@@ -84,7 +87,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0
-SIMULATED_DESCRIPTION = "simulated ESP32"
+_MAC_SERIAL = re.compile(r"^[0-9a-f]{12}$")  # Espressif native USB and the simulator
 _FINAL = (FlashStatus.OK, FlashStatus.ERROR)
 
 
@@ -127,7 +130,11 @@ class Station:
         self.online = asyncio.Event()
         self.requester = ImageRequester(self.topics, self.station_id, settings.provision_timeout_s)
         self.manufacturing_log = ManufacturingLog(settings.manufacturing_log, self.station_id)
-        self.simulated: list[BoardServer] = []
+        self.bench: SimulatedBench | None = None  # --simulate: boards plugged in and out
+        self.identity = open_source(settings.auto) if settings.auto is not None else None
+        self._auto_present: set[str] = set()  # port keys seen by zero-touch mode
+        self._auto_jobs = 0
+        self._auto_tag = secrets.token_hex(3)
         self.jobs: dict[str, _Job] = {}  # running, by request_id
         self._scan = PortScan((), frozenset())
         offline = StationStatus(state=PresenceState.OFFLINE, station_id=self.station_id)
@@ -155,8 +162,8 @@ class Station:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
-        with self._simulated_boards():
-            self._scan = await asyncio.to_thread(scan_ports)
+        with self._simulated_bench():
+            self._scan = await asyncio.to_thread(self._scan_ports)
             if isinstance(self.flasher, ProcessFlasher):
                 await asyncio.to_thread(self.flasher.warm_up)
             try:
@@ -178,16 +185,24 @@ class Station:
                     await asyncio.to_thread(self.flasher.close)
 
     @contextlib.contextmanager
-    def _simulated_boards(self) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
+    def _simulated_bench(self) -> Iterator[None]:
+        """``--simulate N``: a bench with N boards; tests plug more in and out (``self.bench``)."""
+        if self.settings.simulate == 0:
+            yield
+            return
+        with SimulatedBench() as bench:
             for index in range(self.settings.simulate):
                 board = SimulatedBoard(BoardConfig(mac=f"24:0a:c4:00:00:{index + 1:02x}"))
-                self.simulated.append(stack.enter_context(BoardServer(board)))
-                log.info("simulated_board_started", port=self.simulated[-1].url)
+                log.info("simulated_board_started", port=bench.plug(board))
+            self.bench = bench
             try:
                 yield
             finally:
-                self.simulated.clear()
+                self.bench = None
+
+    def _scan_ports(self) -> PortScan:
+        """The host's serial ports plus the simulated bench's (blocking: a few ms)."""
+        return scan_ports(self.bench.comports() if self.bench is not None else ())
 
     def _stop_job_threads(self) -> None:
         """Cancel what still runs and wait (bounded) for the threads to close their ports."""
@@ -255,6 +270,7 @@ class Station:
                     broker=connection.url.display(),
                     ports=[port.port for port in self._ports()],
                 )
+                self._start_auto_jobs()
         except asyncio.CancelledError:
             await self._shutdown(connection)
             raise
@@ -281,10 +297,7 @@ class Station:
         return self.topics.station_status(self.station_id)
 
     def _candidates(self) -> list[PortInfo]:
-        simulated = [
-            PortInfo(port=s.url, description=SIMULATED_DESCRIPTION) for s in self.simulated
-        ]
-        return [*self._scan.candidates, *simulated]
+        return list(self._scan.candidates)
 
     def _ports(self) -> list[PortInfo]:
         """The candidates, plus any other port a job is using, each with its busy flag."""
@@ -329,7 +342,7 @@ class Station:
         while True:
             await asyncio.sleep(self.settings.port_scan_interval_s)
             try:
-                scan = await asyncio.to_thread(scan_ports)
+                scan = await asyncio.to_thread(self._scan_ports)
             except Exception:  # a failed scan must not stop the station
                 log.exception("port_scan_failed")
                 continue
@@ -337,6 +350,37 @@ class Station:
                 self._scan = scan
                 log.info("ports_changed", candidates=[port.port for port in scan.candidates])
                 self._status_changed()
+            self._start_auto_jobs()
+
+    # -- zero-touch bench mode (--auto) ----------------------------------------------------
+
+    def _start_auto_jobs(self) -> None:
+        """``--auto``: a job for every candidate port that appeared since the last look.
+
+        Ports attached when the station comes online count as appeared. A port must be gone
+        for one scan to count as plugged in again; a port busy with a commanded job is left
+        alone. Jobs start only while online, so their whole event stream is published.
+        """
+        if self.identity is None or not self.online.is_set():
+            return
+        present = {port_key(info.port): info for info in self._scan.candidates}
+        busy = self._busy()
+        for key, info in present.items():
+            if key not in self._auto_present and key not in busy:
+                self._start_auto_job(key, info)
+        self._auto_present = set(present)
+
+    def _start_auto_job(self, key: str, info: PortInfo) -> None:
+        self._auto_jobs += 1
+        serial = (info.serial_number or "").lower()
+        board = serial if _MAC_SERIAL.match(serial) else "board"
+        request = JobRequest(  # unique across restarts: the run's random tag
+            request_id=f"auto-{board}-{self._auto_tag}-{self._auto_jobs}",
+            device_id=None,
+            port=info.port,
+            connect_attempts=self.connect_attempts,
+        )
+        self._start_job(request, key, self.topics.flash_response(self.station_id), None)
 
     # -- incoming messages (sync, on the loop) -------------------------------------------
 
@@ -368,7 +412,7 @@ class Station:
         def attached(port: str) -> bool:
             if self._scan.is_attached(port):
                 return True
-            self._scan = scan_ports()  # plugged in since the last scan?
+            self._scan = self._scan_ports()  # plugged in since the last scan?
             self._status_changed()
             return self._scan.is_attached(port)
 
@@ -400,15 +444,26 @@ class Station:
             after=command.after,
             expected_mac=command.expected_mac,
             connect_attempts=self.connect_attempts,
+            force=command.force,
         )
-        job = _Job(request, key, topic or self.topics.flash_response(self.station_id), correlation)
-        self.jobs[request_id] = job
+        self._start_job(
+            request, key, topic or self.topics.flash_response(self.station_id), correlation
+        )
+
+    def _start_job(
+        self, request: JobRequest, key: str, topic: str, correlation: bytes | None
+    ) -> None:
+        job = _Job(request, key, topic, correlation)
+        self.jobs[request.request_id] = job
         self._status_changed()
         log.info(
-            "flash_job_accepted", request_id=request_id, device_id=command.device_id, port=port
+            "flash_job_accepted",
+            request_id=request.request_id,
+            device_id=request.device_id,
+            port=request.port,
         )
-        job.thread = JobThread(f"flash-job-{port}", lambda: self._run_blocking(job))
-        job.task = self._spawn(self._run_job(job), f"flash-job-{request_id}")
+        job.thread = JobThread(f"flash-job-{request.port}", lambda: self._run_blocking(job))
+        job.task = self._spawn(self._run_job(job), f"flash-job-{request.request_id}")
 
     def _reject(
         self, rejection: FlashJobError, topic: str | None, correlation: bytes | None
@@ -461,8 +516,8 @@ class Station:
         assert loop is not None
         request = job.request
 
-        def fetch(partition: PartitionEntry) -> bytes:
-            coroutine = fetch_image(self.requester, request, partition.size)
+        def fetch(device_id: str, partition: PartitionEntry) -> bytes:
+            coroutine = fetch_image(self.requester, device_id, request.request_id, partition.size)
             return call_from_job_thread(loop, coroutine, job.cancel, FlashPhase.FETCHING_NVS)
 
         return run_job(
@@ -473,6 +528,7 @@ class Station:
             record=self.manufacturing_log.append,
             min_interval_s=self.event_interval_s,
             flasher=self.flasher,
+            identify=self.identity.device_for if self.identity is not None else None,
         )
 
     async def _run_job(self, job: _Job) -> None:
@@ -494,7 +550,7 @@ class Station:
             log.info(
                 "flash_job_finished",
                 request_id=job.request.request_id,
-                device_id=job.request.device_id,
+                device_id=result.device_id,
                 port=job.request.port,
                 result="ok" if result.ok else "error",
                 code=result.error.code.value if result.error else None,

@@ -16,6 +16,7 @@ import aiomqtt
 
 from broker_agent.settings import StationSettings
 from broker_agent.simulator import BoardConfig, BoardServer, SimulatedBoard
+from broker_agent.station.station import Station
 from firmware_contracts.codes import FlashPhase
 from firmware_contracts.payloads import FlashEvent
 from firmware_contracts.topics import Topics
@@ -94,7 +95,22 @@ def boards(*configs: BoardConfig) -> Iterator[list[BoardServer]]:
             server.stop()
 
 
-def nvs_region(server: BoardServer) -> bytes:
+@dataclass(frozen=True)
+class Plugged:
+    """A board on a station's simulated bench, as a test sees it."""
+
+    url: str
+    board: SimulatedBoard
+
+
+def simulated(station: Station) -> list[Plugged]:
+    """The boards plugged into the station's bench (``--simulate``), oldest first."""
+    bench = station.bench
+    assert bench is not None, "the station has no simulated bench (simulate=0)"
+    return [Plugged(url, bench.board(url)) for url in bench.ports()]
+
+
+def nvs_region(server: BoardServer | Plugged) -> bytes:
     return bytes(server.board.flash[NVS_OFFSET : NVS_OFFSET + NVS_SIZE])
 
 

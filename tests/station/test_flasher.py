@@ -390,3 +390,33 @@ def test_the_flash_size_comes_from_the_chip() -> None:
         written = bytes(server.board.flash[MB - 0x2000 : MB + 0x3000])
 
     assert image == written
+
+
+# -- a board that already holds its image is not rewritten (issue 14) ------------------------
+
+
+def test_a_partition_already_holding_the_image_is_not_rewritten(server: BoardServer) -> None:
+    image = os.urandom(0x5000)
+    server.board.flash[0x9000:0xE000] = image
+    recorder = Recorder()
+
+    outcome = run_flash_job(
+        JobRequest("job-1", "kitchen-01", server.url), lambda p: image, recorder, threading.Event()
+    )
+
+    assert outcome.skipped
+    assert hashlib.md5(image).hexdigest() == outcome.md5
+    assert FlashPhase.WRITING not in recorder.phases()
+    assert FlashPhase.VERIFYING == recorder.phases()[-1]
+
+
+def test_force_rewrites_a_partition_that_holds_the_image(server: BoardServer) -> None:
+    image = os.urandom(0x5000)
+    server.board.flash[0x9000:0xE000] = image
+    job = JobRequest("job-1", "kitchen-01", server.url, force=True)
+    recorder = Recorder()
+
+    outcome = run_flash_job(job, lambda p: image, recorder, threading.Event())
+
+    assert not outcome.skipped
+    assert FlashPhase.WRITING in recorder.phases()

@@ -42,6 +42,7 @@ from tests.station.harness import (
     commander,
     credentials,
     nvs_region,
+    simulated,
     single_error,
 )
 from tests.support.broker import PROJECT
@@ -62,7 +63,7 @@ def test_a_flash_command_writes_the_devices_credentials(bench: Bench) -> None:
             running_station(bench.station_settings(simulate=1)) as station,
             commander(bench.broker.url) as operator,
         ):
-            board = station.simulated[0]
+            board = simulated(station)[0]
             url = board.url
             events = await operator.run({"request_id": "job-42", "device_id": "kitchen-01"})
             await operator.wait(lambda: not operator.statuses[-1]["ports"][0]["busy"])
@@ -148,7 +149,7 @@ def test_four_boards_flash_in_parallel_with_independent_progress(bench: Bench) -
         ):
             jobs = {
                 f"par-{index}": (f"dev-{index + 1}", server)
-                for index, server in enumerate(station.simulated)
+                for index, server in enumerate(simulated(station))
             }
             for request_id, (device, server) in jobs.items():
                 await operator.send(
@@ -209,12 +210,12 @@ def test_malformed_commands_are_refused_and_never_stop_the_station(bench: Bench)
             running_station(bench.station_settings(simulate=1)) as station,
             commander(bench.broker.url) as operator,
         ):
-            before = nvs_region(station.simulated[0])
+            before = nvs_region(simulated(station)[0])
             for payload, _ in bad:
                 await operator.send(payload)
             await operator.wait(lambda: len(operator.finals()) == len(bad))
             refusals = list(operator.received)
-            still_untouched = nvs_region(station.simulated[0])
+            still_untouched = nvs_region(simulated(station)[0])
             events = await operator.run({"request_id": "good", "device_id": "kitchen-01"})
 
         assert len(bad) == len(refusals)
@@ -238,7 +239,7 @@ def test_port_selection_errors(bench: Bench) -> None:
             running_station(bench.station_settings(simulate=2)) as station,
             commander(bench.broker.url) as operator,
         ):
-            urls = [server.url for server in station.simulated]
+            urls = [server.url for server in simulated(station)]
             several = await operator.run({"request_id": "p-1", "device_id": "kitchen-01"})
             missing = await operator.run(
                 {"request_id": "p-2", "device_id": "kitchen-01", "port": "/dev/ttyUSB97"}
@@ -280,7 +281,7 @@ def test_port_busy_and_cancel_then_the_board_is_usable_again(bench: Bench) -> No
             running_station(bench.station_settings(simulate=1, provision_timeout_s=20)) as station,
             commander(bench.broker.url) as operator,
         ):
-            board = station.simulated[0]
+            board = simulated(station)[0]
             await operator.send({"request_id": "hold", "device_id": "kitchen-01"})
             await operator.phase("hold", "fetching_nvs")
             await operator.wait(lambda: operator.statuses[-1]["ports"][0]["busy"])
@@ -393,7 +394,7 @@ def test_provisioning_timeout_without_an_agent(bench: Bench) -> None:
             commander(bench.broker.url) as operator,
         ):
             events = await operator.run({"request_id": "t-1", "device_id": "kitchen-01"})
-            untouched = nvs_region(st.simulated[0])
+            untouched = nvs_region(simulated(st)[0])
 
         assert_stream(events, ok=False)
         assert ("provisioning_timeout", "fetching_nvs") == (
@@ -411,7 +412,7 @@ def test_provisioning_timeout_without_an_agent(bench: Bench) -> None:
 def test_status_lists_the_ports_and_goes_offline_on_shutdown(bench: Bench) -> None:
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         async with running_station(bench.station_settings(simulate=2)) as station:
-            urls = [server.url for server in station.simulated]
+            urls = [server.url for server in simulated(station)]
             online = json.loads(
                 (await retained_snapshot(bench.broker.url, STATUS_TOPIC))[STATUS_TOPIC]
             )
@@ -425,7 +426,15 @@ def test_status_lists_the_ports_and_goes_offline_on_shutdown(bench: Bench) -> No
     assert ("online", STATION) == (online["state"], online["station_id"])
     assert online["version"]
     assert [
-        {"port": url, "description": "simulated ESP32", "busy": False} for url in urls
+        {
+            "port": url,
+            "description": "CP2102 USB to UART Bridge Controller (simulated ESP32)",
+            "serial_number": f"240ac40000{index:02x}",
+            "vid": 0x10C4,
+            "pid": 0xEA60,
+            "busy": False,
+        }
+        for index, url in enumerate(urls, start=1)
     ] == online["ports"]
     assert {"state": "offline", "station_id": STATION} == offline
 
@@ -491,7 +500,7 @@ def test_a_retained_command_is_refused_cleared_and_never_run(bench: Bench) -> No
             await operator.wait(lambda: len(operator.finals()) == 1)
             refused = list(operator.received)
             retained = await retained_snapshot(bench.broker.url, REQUEST_TOPIC)
-            untouched = nvs_region(station.simulated[0])
+            untouched = nvs_region(simulated(station)[0])
 
         assert "invalid_request" == single_error([r.event for r in refused])["error"]["code"]
         assert "retained" in refused[0].event["error"]["message"]
