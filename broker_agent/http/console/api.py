@@ -292,7 +292,8 @@ async def _write(console: Console, device_id: str, write: dict[str, Any]) -> JSO
             504,
             "timeout",
             f"no agent answered within {console.client.settings.console_request_timeout_s:g} s "
-            "(is `broker-agent run` connected to this broker?)",
+            "(is `broker-agent run` connected to this broker, and may the console's MQTT "
+            "account write config/set?)",
         ) from None
     except NotConnectedError as exc:
         raise ConsoleError(503, "not_connected", str(exc)) from None

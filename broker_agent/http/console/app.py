@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from broker_agent.errors import SetupError
+from broker_agent.errors import BrokerUnavailableError, SetupError
 from broker_agent.http.console import api, pages, session
 from broker_agent.http.console.auth import Gate
 from broker_agent.http.console.client import ConsoleClient
@@ -69,6 +69,10 @@ def mount_console(
     @app.exception_handler(ConsoleError)
     async def console_error(request: Request, exc: ConsoleError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(BrokerUnavailableError)
+    async def broker_gone(request: Request, exc: BrokerUnavailableError) -> JSONResponse:
+        return ConsoleError(503, "not_connected", str(exc)).response()
 
     @app.middleware("http")
     async def security_headers(
