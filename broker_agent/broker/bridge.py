@@ -111,7 +111,7 @@ def bridge_topics(topic_root: str, stations: tuple[str, ...] = ()) -> list[Bridg
         BridgeTopic(c, f"{r}/devices/+/config", i, 1, "retained configs (and clears) down"),
         BridgeTopic(c, f"{r}/devices/+/config/applied", o, 1, "retained acks up (v1.1)"),
         BridgeTopic(c, f"{r}/devices/+/status", o, 1, "retained device presence up (v1.1)"),
-        BridgeTopic(c, f"{r}/agents/+/status", i, 1, "agent presence down (stations wait on it)"),
+        BridgeTopic(c, f"{r}/agents/+/status", i, 1, "agent presence down (stations read it)"),
     ]
     topics += [BridgeTopic(c, f"{r}/stations/{s}/status", o, 1, "station presence up") for s in ids]
     topics += [
@@ -208,7 +208,9 @@ def render_bridge(bridge: SiteBridge, *, include_password: bool = False) -> str:
                 "bridge_insecure false",
             ]
         out.append("# topic PATTERN DIRECTION QOS   (in: central -> site, out: site -> central)")
-        out += [f"topic {t.pattern} {t.direction.value} {t.qos}" for t in topics if t.link is link]
+        for t in topics:
+            if t.link is link:
+                out += [f"# {t.why}", f"topic {t.pattern} {t.direction.value} {t.qos}"]
     return "\n".join(out) + "\n"
 
 
