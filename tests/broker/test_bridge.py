@@ -212,3 +212,15 @@ def test_command_refuses_a_password_in_the_url(
 def test_command_prints_the_central_acl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert 0 == main(cli(tmp_path, "--central-acl"))
     assert "user bridge-a-rr" in capsys.readouterr().out
+
+
+def test_command_prints_the_password_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert 0 == main(cli(tmp_path, "--show-password"))
+    assert 2 == capsys.readouterr().out.count("remote_password s3cret-pw\n")
+
+
+def test_restart_timeout_is_rendered_on_both_links() -> None:
+    text = render_bridge(SiteBridge("site-a", CENTRAL, restart_timeout=(1,)))
+    assert 2 == text.count("\nrestart_timeout 1\n")
