@@ -58,6 +58,11 @@ from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
 log = get_logger(__name__)
 
 _SCAN_CHUNK = 64  # files read between turns of the event loop during a reconcile
+RETAINED_READ_TIMEOUT_S = 300.0
+"""Subscribe timeout of the subscriptions that bring a fleet's retained state. A SUBACK queues
+behind the retained messages of the subscription before it: with 100,000 devices, aiomqtt's
+10 s default expired while the client was still reading acks, and the agent reconnected
+forever (measured, bench/bench_fleet_state.py)."""
 
 
 class ConfigPublisher:
@@ -135,9 +140,12 @@ class ConfigPublisher:
         self._sync_nonce = secrets.token_hex(8).encode()
         sync_topic = self.topics.agent_sync(self.events.agent_id)
         await connection.subscribe(
-            self.topics.filter(TopicKind.DEVICE_CONFIG), qos=0, no_local=True
+            self.topics.filter(TopicKind.DEVICE_CONFIG),
+            qos=0,
+            no_local=True,
+            timeout=RETAINED_READ_TIMEOUT_S,
         )
-        await connection.subscribe(sync_topic, qos=0)
+        await connection.subscribe(sync_topic, qos=0, timeout=RETAINED_READ_TIMEOUT_S)
         await connection.publish(sync_topic, self._sync_nonce, qos=0)
         await self._synced.wait()
 

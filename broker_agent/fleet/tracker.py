@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import time
 
+from broker_agent.fleet.publisher import RETAINED_READ_TIMEOUT_S
 from broker_agent.fleet.state import FleetView
 from broker_agent.logs import get_logger
 from broker_agent.mqtt import Connection, Message, raise_if_cancelled
@@ -74,7 +75,9 @@ class FleetTracker:
         self.synced = False
         self.view.clear()
         for kind in (TopicKind.DEVICE_CONFIG_APPLIED, TopicKind.DEVICE_STATUS):
-            await connection.subscribe(self.topics.filter(kind), qos=0)
+            await connection.subscribe(
+                self.topics.filter(kind), qos=0, timeout=RETAINED_READ_TIMEOUT_S
+            )
 
     async def publish_summaries(self, connection: Connection) -> None:
         """Once synced: keep the retained summary current for as long as the connection lives."""

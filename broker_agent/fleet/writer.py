@@ -175,19 +175,22 @@ class ConfigWriter:
     # -- one write -----------------------------------------------------------------------------
     async def _handle(self, connection: Connection, write: _Write) -> None:
         default_topic = self.topics.config_set_response(write.device_id)
-        topic = write.response_topic or default_topic
+        asked = write.response_topic
+        topic_ok = asked is None or self.topics.is_config_set_response_topic_for(
+            write.device_id, asked
+        )
+        topic = asked if asked is not None and topic_ok else default_topic
         request_id = ""
         done: PlannedWrite | None = None
         try:
-            if write.retained:
+            if write.retained or not topic_ok:
                 request_id = request_id_of(write.payload) or new_request_id()
+            if write.retained:
                 raise WriteRefused(
                     ConfigWriteErrorCode.RETAINED_REQUEST_REJECTED,
                     "config writes must not be retained; this one has been cleared",
                 )
-            if not self.topics.is_config_set_response_topic_for(write.device_id, topic):
-                topic = default_topic
-                request_id = request_id_of(write.payload) or new_request_id()
+            if not topic_ok:
                 raise WriteRefused(
                     ConfigWriteErrorCode.INVALID_RESPONSE_TOPIC,
                     f"the response topic must be {default_topic} or a topic below it",

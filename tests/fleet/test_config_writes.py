@@ -203,6 +203,24 @@ async def test_retained_write_is_refused_and_cleared(broker: Broker, config_dir:
 
 
 @pytest.mark.allow_contract_violations
+async def test_retained_write_never_answers_on_a_foreign_topic(
+    broker: Broker, config_dir: Path
+) -> None:
+    async with (
+        observe(broker.url, "iot/elsewhere") as elsewhere,
+        agent_and_requester(broker, config_dir) as (_, client),
+    ):
+        answer = await ask(
+            client,
+            {"request_id": "w-10", "delete": True},
+            retain=True,
+            response_topic="iot/elsewhere",
+        )
+    assert ("retained_request_rejected", "w-10") == (answer["error"]["code"], answer["request_id"])
+    assert [] == elsewhere.messages
+
+
+@pytest.mark.allow_contract_violations
 async def test_write_retained_before_the_agent_started_is_refused(
     broker: Broker, config_dir: Path
 ) -> None:
