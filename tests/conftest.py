@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,11 @@ import pytest
 from tests.support.broker import PROJECT, Broker
 from tests.support.conformance import ConformanceMonitor
 from tests.support.external_broker import OWN_BROKER_REASON, ExternalBroker, external_url
+
+# Services a test starts serve HTTP only when the test asks (http_listen=...): the defaults
+# (127.0.0.1:8080 for run, :8081 for station) collide between tests run at the same time on
+# one machine (seen: an agent of one run held 8080 while another run's agents exited 2).
+os.environ.setdefault("BROKER_AGENT_HTTP_LISTEN", "")
 
 # PROJECT and Broker live in tests/support/broker.py; they stay importable from here until
 # tests/station/test_station.py and tests/commands/test_flash.py import them from there.

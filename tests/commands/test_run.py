@@ -25,6 +25,7 @@ def agent_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_AGENT_")}
     env["PYTHONPATH"] = str(PROJECT)
     env["BROKER_AGENT_LOG_FORMAT"] = "json"
+    env["BROKER_AGENT_HTTP_LISTEN"] = ""  # no fixed port 8080 (tests run side by side)
     env.update(extra)
     return env
 

@@ -459,6 +459,7 @@ def test_stopping_the_station_aborts_its_jobs_and_reports_them(bench: Bench) -> 
 def test_the_will_marks_a_killed_station_offline(bench: Bench, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_AGENT_")}
     env |= {"PYTHONPATH": str(PROJECT), "BROKER_AGENT_LOG_FORMAT": "json"}
+    env["BROKER_AGENT_HTTP_LISTEN"] = ""  # no fixed port 8081 (tests run side by side)
     command = [
         sys.executable, "-m", "broker_agent.cli", "station", "--broker-url", bench.broker.url,
         "--station-id", STATION, "--simulate", "1", "--manufacturing-log", str(bench.log_path),
