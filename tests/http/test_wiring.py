@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_agent.app import Agent, run_agent
@@ -58,6 +59,7 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> 
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.needs_own_broker
 async def test_agent_probes_and_metrics(broker: Broker, tmp_path: Path) -> None:
     """/readyz is 503 with its reason while the broker is down, 200 once the first reconcile
     is done; /metrics counts the configs published and a provisioning reply by its code."""
