@@ -329,7 +329,10 @@ class Run:
 
 async def run_figures(url: str, base: Path, figures: Figures, rounds: int, flasher: Flasher) -> Run:
     settings = StationSettings(
-        broker_url=url, station_id=STATION_ID, manufacturing_log=base / "manufacturing.jsonl"
+        broker_url=url,
+        station_id=STATION_ID,
+        manufacturing_log=base / "manufacturing.jsonl",
+        http_listen="",  # no fixed port: other benchmarks may run beside this one
     )
     station = Station(settings, flasher=flasher)
     station_task = asyncio.create_task(station.run(), name="station")

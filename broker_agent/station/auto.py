@@ -19,20 +19,24 @@ Both re-read the file on every board, so an operator may extend them while the s
 from __future__ import annotations
 
 import re
+import secrets
 import threading
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from broker_agent.errors import FlashJobError, RefusedFile, SetupError
 from broker_agent.files import read_regular_file, write_atomically
-from broker_agent.station.commands import normalise_mac
+from broker_agent.station.commands import JobRequest, normalise_mac
+from broker_agent.station.ports import port_key
 from firmware_contracts.codes import FlashErrorCode, FlashPhase
 from firmware_contracts.identifiers import is_identifier
-from firmware_contracts.payloads import MAC_PATTERN
+from firmware_contracts.payloads import MAC_PATTERN, PortInfo
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 _MAC = re.compile(MAC_PATTERN)
+_MAC_SERIAL = re.compile(r"^[0-9a-f]{12}$")  # Espressif native USB and the simulator
 
 
 class IdentitySource(Protocol):
@@ -162,3 +166,45 @@ def open_source(path: Path) -> IdentitySource:
     if path.suffix.lower() == ".csv":
         return MacMap(path)
     return IdQueue(path)
+
+
+class ZeroTouch:
+    """Which ports a zero-touch station starts a job on: those that appeared since last time.
+
+    Ports attached when the station first looks count as appeared. A port must be gone for
+    one look to count as plugged in again; a port busy with a commanded job is left alone.
+    A job's request_id is ``auto-<board>-<run>-<n>``: ``<board>`` the port's USB serial number
+    when that is a MAC (Espressif's native USB, the simulator), else ``board``; ``<run>`` a
+    random tag of this station run, so ids stay unique across restarts.
+    """
+
+    def __init__(self, source: IdentitySource, connect_attempts: int = 3) -> None:
+        self.source = source
+        self.connect_attempts = connect_attempts
+        self._present: set[str] = set()
+        self._count = 0
+        self._run = secrets.token_hex(3)
+
+    def new_jobs(
+        self, candidates: Sequence[PortInfo], busy: Container[str]
+    ) -> list[tuple[str, JobRequest]]:
+        """(port_key, request) for every candidate port new since the last call."""
+        present = {port_key(info.port): info for info in candidates}
+        new = [
+            (key, self._request(info))
+            for key, info in present.items()
+            if key not in self._present and key not in busy
+        ]
+        self._present = set(present)
+        return new
+
+    def _request(self, info: PortInfo) -> JobRequest:
+        self._count += 1
+        serial = (info.serial_number or "").lower()
+        board = serial if _MAC_SERIAL.match(serial) else "board"
+        return JobRequest(
+            request_id=f"auto-{board}-{self._run}-{self._count}",
+            device_id=None,  # the chip's MAC decides it (run_job's identify)
+            port=info.port,
+            connect_attempts=self.connect_attempts,
+        )

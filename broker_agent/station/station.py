@@ -19,12 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import secrets
-import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -47,7 +42,7 @@ from broker_agent.mqtt import (
 from broker_agent.provisioning.requester import ImageRequester
 from broker_agent.settings import StationSettings
 from broker_agent.simulator import BoardConfig, SimulatedBench, SimulatedBoard
-from broker_agent.station.auto import open_source
+from broker_agent.station.auto import ZeroTouch, open_source
 from broker_agent.station.commands import (
     JobRequest,
     new_request_id,
@@ -57,20 +52,12 @@ from broker_agent.station.commands import (
     response_topic_problem,
     select_port,
 )
-from broker_agent.station.job import (
-    Flasher,
-    JobResult,
-    JobThread,
-    call_from_job_thread,
-    fetch_image,
-    post_to_loop,
-    run_job,
-)
+from broker_agent.station.job import Flasher, JobResult
 from broker_agent.station.manufacturing_log import ManufacturingLog
 from broker_agent.station.ports import PortScan, port_key, scan_ports
+from broker_agent.station.running import FINAL, JobServices, RunningJobs
 from broker_agent.station.worker import ProcessFlasher
 from firmware_contracts.codes import FlashErrorCode, FlashPhase, FlashStatus, PresenceState
-from firmware_contracts.partition_table import PartitionEntry
 from firmware_contracts.payloads import (
     FlashCancel,
     FlashErrorDetail,
@@ -87,20 +74,6 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0
-_MAC_SERIAL = re.compile(r"^[0-9a-f]{12}$")  # Espressif native USB and the simulator
-_FINAL = (FlashStatus.OK, FlashStatus.ERROR)
-
-
-@dataclass(eq=False)
-class _Job:
-    request: JobRequest
-    port_key: str
-    topic: str
-    correlation: bytes | None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    outbox: asyncio.Queue[FlashEvent] = field(default_factory=asyncio.Queue)
-    thread: JobThread[JobResult] | None = None
-    task: asyncio.Task[None] | None = None
 
 
 class Station:
@@ -131,11 +104,11 @@ class Station:
         self.requester = ImageRequester(self.topics, self.station_id, settings.provision_timeout_s)
         self.manufacturing_log = ManufacturingLog(settings.manufacturing_log, self.station_id)
         self.bench: SimulatedBench | None = None  # --simulate: boards plugged in and out
-        self.identity = open_source(settings.auto) if settings.auto is not None else None
-        self._auto_present: set[str] = set()  # port keys seen by zero-touch mode
-        self._auto_jobs = 0
-        self._auto_tag = secrets.token_hex(3)
-        self.jobs: dict[str, _Job] = {}  # running, by request_id
+        self.zero_touch = (
+            ZeroTouch(open_source(settings.auto), connect_attempts)
+            if settings.auto is not None
+            else None
+        )
         self._scan = PortScan((), frozenset())
         offline = StationStatus(state=PresenceState.OFFLINE, station_id=self.station_id)
         spec = TOPICS[TopicKind.STATION_STATUS]
@@ -150,8 +123,19 @@ class Station:
         self._connected = asyncio.Event()
         self._status_dirty = asyncio.Event()
         self._job_group: asyncio.TaskGroup | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.metrics = StationMetrics(readiness=self._not_ready_reason)
+        self.jobs = RunningJobs(
+            JobServices(
+                requester=self.requester,
+                manufacturing_log=self.manufacturing_log,
+                flasher=self.flasher,
+                identity=self.zero_touch.source if self.zero_touch is not None else None,
+                event_interval_s=event_interval_s,
+                publish=self._publish_event,
+                changed=self._status_changed,
+                finished=self._job_finished,
+            )
+        )
         self.http: HttpServer | None = None  # once running, when HTTP is on
 
     def _not_ready_reason(self) -> str | None:
@@ -160,7 +144,6 @@ class Station:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         with self._simulated_bench():
             self._scan = await asyncio.to_thread(self._scan_ports)
@@ -180,7 +163,7 @@ class Station:
                         )
             finally:
                 self._job_group = None
-                self._stop_job_threads()
+                self.jobs.stop_threads(SHUTDOWN_GRACE_S)
                 if isinstance(self.flasher, ProcessFlasher):
                     await asyncio.to_thread(self.flasher.close)
 
@@ -203,16 +186,6 @@ class Station:
     def _scan_ports(self) -> PortScan:
         """The host's serial ports plus the simulated bench's (blocking: a few ms)."""
         return scan_ports(self.bench.comports() if self.bench is not None else ())
-
-    def _stop_job_threads(self) -> None:
-        """Cancel what still runs and wait (bounded) for the threads to close their ports."""
-        for job in self.jobs.values():
-            job.cancel.set()
-        deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        for job in list(self.jobs.values()):
-            remaining = max(deadline - time.monotonic(), 0.0)
-            if job.thread is not None and not job.thread.join(remaining):
-                log.error("flash_job_thread_stuck", request_id=job.request.request_id)
 
     def _connect(self) -> Connection:
         router = Router(
@@ -282,11 +255,7 @@ class Station:
 
     async def _shutdown(self, connection: Connection) -> None:
         """Abort the jobs, publish their final events, then say offline."""
-        tasks = [job.task for job in self.jobs.values() if job.task is not None]
-        for job in self.jobs.values():
-            job.cancel.set()
-        if tasks:
-            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+        await self.jobs.cancel_all(SHUTDOWN_GRACE_S)
         await self.presence.withdraw(connection)
         log.info("station_offline", station_id=self.station_id)
 
@@ -303,17 +272,9 @@ class Station:
         """The candidates, plus any other port a job is using, each with its busy flag."""
         ports = self._candidates()
         listed = {port_key(port.port) for port in ports}
-        ports += [
-            PortInfo(port=job.request.port)
-            for job in self.jobs.values()
-            if job.port_key not in listed
-        ]
-        busy = self._busy()
+        ports += [PortInfo(port=port) for port, key in self.jobs.ports() if key not in listed]
+        busy = self.jobs.busy()
         return [port.model_copy(update={"busy": port_key(port.port) in busy}) for port in ports]
-
-    def _busy(self) -> dict[str, str]:
-        """port_key -> request_id of the job running there."""
-        return {job.port_key: request_id for request_id, job in self.jobs.items()}
 
     def _status_changed(self) -> None:
         self._status_dirty.set()
@@ -352,35 +313,14 @@ class Station:
                 self._status_changed()
             self._start_auto_jobs()
 
-    # -- zero-touch bench mode (--auto) ----------------------------------------------------
-
     def _start_auto_jobs(self) -> None:
-        """``--auto``: a job for every candidate port that appeared since the last look.
-
-        Ports attached when the station comes online count as appeared. A port must be gone
-        for one scan to count as plugged in again; a port busy with a commanded job is left
-        alone. Jobs start only while online, so their whole event stream is published.
-        """
-        if self.identity is None or not self.online.is_set():
+        """``--auto``: a job for every candidate port that appeared (only while online, so
+        the whole event stream is published)."""
+        if self.zero_touch is None or not self.online.is_set():
             return
-        present = {port_key(info.port): info for info in self._scan.candidates}
-        busy = self._busy()
-        for key, info in present.items():
-            if key not in self._auto_present and key not in busy:
-                self._start_auto_job(key, info)
-        self._auto_present = set(present)
-
-    def _start_auto_job(self, key: str, info: PortInfo) -> None:
-        self._auto_jobs += 1
-        serial = (info.serial_number or "").lower()
-        board = serial if _MAC_SERIAL.match(serial) else "board"
-        request = JobRequest(  # unique across restarts: the run's random tag
-            request_id=f"auto-{board}-{self._auto_tag}-{self._auto_jobs}",
-            device_id=None,
-            port=info.port,
-            connect_attempts=self.connect_attempts,
-        )
-        self._start_job(request, key, self.topics.flash_response(self.station_id), None)
+        topic = self.topics.flash_response(self.station_id)
+        for key, request in self.zero_touch.new_jobs(self._scan.candidates, self.jobs.busy()):
+            self.jobs.start(request, key, topic, None, self._spawn)
 
     # -- incoming messages (sync, on the loop) -------------------------------------------
 
@@ -424,7 +364,7 @@ class Station:
         try:
             port = self._select_port(command.port)
             key = port_key(port)
-            holder = self._busy().get(key)
+            holder = self.jobs.busy().get(key)
             if holder is not None:
                 raise refused(FlashErrorCode.PORT_BUSY, f"port {port} is busy with job {holder}")
             if request_id in self.jobs:
@@ -446,24 +386,8 @@ class Station:
             connect_attempts=self.connect_attempts,
             force=command.force,
         )
-        self._start_job(
-            request, key, topic or self.topics.flash_response(self.station_id), correlation
-        )
-
-    def _start_job(
-        self, request: JobRequest, key: str, topic: str, correlation: bytes | None
-    ) -> None:
-        job = _Job(request, key, topic, correlation)
-        self.jobs[request.request_id] = job
-        self._status_changed()
-        log.info(
-            "flash_job_accepted",
-            request_id=request.request_id,
-            device_id=request.device_id,
-            port=request.port,
-        )
-        job.thread = JobThread(f"flash-job-{request.port}", lambda: self._run_blocking(job))
-        job.task = self._spawn(self._run_job(job), f"flash-job-{request.request_id}")
+        topic = topic or self.topics.flash_response(self.station_id)
+        self.jobs.start(request, key, topic, correlation, self._spawn)
 
     def _reject(
         self, rejection: FlashJobError, topic: str | None, correlation: bytes | None
@@ -494,11 +418,10 @@ class Station:
         except ValidationError:
             log.warning("flash_cancel_invalid", size=len(payload))
             return
-        job = self.jobs.get(request_id)
+        job = self.jobs.cancel(request_id)
         if job is None:
             log.info("flash_cancel_unknown", request_id=request_id)
             return
-        job.cancel.set()
         log.info("flash_cancel_requested", request_id=request_id, port=job.request.port)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
@@ -510,67 +433,16 @@ class Station:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _run_blocking(self, job: _Job) -> JobResult:
-        """The job's thread: flash, log, and hand every event to the loop."""
-        loop = self._loop
-        assert loop is not None
-        request = job.request
-
-        def fetch(device_id: str, partition: PartitionEntry) -> bytes:
-            coroutine = fetch_image(self.requester, device_id, request.request_id, partition.size)
-            return call_from_job_thread(loop, coroutine, job.cancel, FlashPhase.FETCHING_NVS)
-
-        return run_job(
-            request,
-            fetch,
-            lambda event: post_to_loop(loop, job.outbox.put_nowait, event),
-            job.cancel,
-            record=self.manufacturing_log.append,
-            min_interval_s=self.event_interval_s,
-            flasher=self.flasher,
-            identify=self.identity.device_for if self.identity is not None else None,
+    def _job_finished(self, result: JobResult) -> None:
+        self.metrics.flash_job_finished(
+            result.error.code if result.error else None, result.duration_s
         )
-
-    async def _run_job(self, job: _Job) -> None:
-        assert job.thread is not None
-        try:
-            finished = job.thread.start()
-            while True:
-                event = await job.outbox.get()
-                final = event.status in _FINAL
-                if final:  # the flasher has closed the port: free it before saying so
-                    self._release(job)
-                await self._publish_event(job.topic, job.correlation, event)
-                if final:
-                    break
-            result = await finished
-            self.metrics.flash_job_finished(
-                result.error.code if result.error else None, result.duration_s
-            )
-            log.info(
-                "flash_job_finished",
-                request_id=job.request.request_id,
-                device_id=result.device_id,
-                port=job.request.port,
-                result="ok" if result.ok else "error",
-                code=result.error.code.value if result.error else None,
-                duration_s=result.duration_s,
-            )
-        except Exception:  # one job's bug must not stop the station
-            log.exception("flash_job_task_failed", request_id=job.request.request_id)
-        finally:
-            self._release(job)
-
-    def _release(self, job: _Job) -> None:
-        if self.jobs.get(job.request.request_id) is job:
-            del self.jobs[job.request.request_id]
-            self._status_changed()
 
     async def _publish_event(
         self, topic: str, correlation: bytes | None, event: FlashEvent
     ) -> None:
         """Publish one event; a final one waits for a connection, the others are dropped."""
-        final = event.status in _FINAL
+        final = event.status in FINAL
         payload = event.to_json()
         spec = TOPICS[TopicKind.FLASH_RESPONSE]
         while True:

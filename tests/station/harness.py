@@ -64,6 +64,7 @@ class Bench:
         extra.setdefault("port_scan_interval_s", 0.2)
         extra.setdefault("reconnect_min_s", 0.05)
         extra.setdefault("reconnect_max_s", 0.5)
+        extra.setdefault("http_listen", "")  # tests run side by side: no fixed HTTP port
         return StationSettings(broker_url=self.broker.url, manufacturing_log=self.log_path, **extra)
 
     def agent(self) -> Any:
