@@ -21,7 +21,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,7 +231,9 @@ class ConsoleModel:
         else:
             table.pop(device_id, None)
 
-    def _fleet_input(self, device_id: str, update: Any, payload: bytes) -> None:
+    def _fleet_input(
+        self, device_id: str, update: Callable[[str, bytes], None], payload: bytes
+    ) -> None:
         known = device_id in self.view.devices
         update(device_id, payload)
         if known != (device_id in self.view.devices):

@@ -108,9 +108,11 @@ async def device_page(
 @router.get("/console/stations")
 async def stations_page(request: Request) -> Response:
     body = """<h1>Stations</h1><div id="stations"></div>
+<datalist id="device-ids"></datalist>
 <template id="flash-form"><form class="flash"><input name="device_id" placeholder="device id"
- required aria-label="device id"><input name="expected_mac" placeholder="expected MAC (optional)"
- aria-label="expected MAC"><button type="submit">Flash</button></form></template>"""
+ required aria-label="device id" list="device-ids" autocomplete="off">
+<input name="expected_mac" placeholder="expected MAC (optional)" aria-label="expected MAC">
+<button type="submit">Flash</button></form></template>"""
     return _page(request, "Stations", "stations", "stations", body)
 
 

@@ -65,6 +65,17 @@ async function load() {
   document.body.dataset.loaded = String(Date.now());
 }
 
+// The device picker: ids matching what the operator typed, asked from the server (the fleet
+// may be 10,000 devices: never all of them).
+async function suggest(event) {
+  const typed = event.target.value.trim();
+  if (event.target.name !== "device_id" || typed.length < 1) return;
+  const { ok, data } = await api("GET", `/api/devices?q=${encodeURIComponent(typed)}&per_page=20`);
+  if (ok) $("#device-ids").replaceChildren(...data.items.map((d) => el("option", { value: d.device_id })));
+}
+
+$("#stations").addEventListener("input", (event) => { suggest(event); });
+
 const reload = throttle(load, 150);
 live((batch, first) => {
   if (!first && ((batch.stations || []).length || (batch.jobs || []).length)) reload();
