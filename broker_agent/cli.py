@@ -1,5 +1,5 @@
 """``broker-agent``: run | station | provision | flash | status | config | broker-auth |
-check-broker.
+check-broker | bridge-config.
 
 Every option also reads ``BROKER_AGENT_<OPTION>`` from the environment; a flag given on the
 command line wins. Errors a user can fix end the process with one line on stderr and exit 2.
