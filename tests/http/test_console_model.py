@@ -86,3 +86,17 @@ def test_passwords_are_salted_scrypt_hashes() -> None:
     assert first.startswith("scrypt$16384$8$1$")
     assert (True, False) == (verify_password("pw", first), verify_password("pW", first))
     assert not verify_password("pw", "not-a-hash")
+
+
+async def test_a_stalled_event_stream_gets_one_reload_instead_of_a_backlog() -> None:
+    model = ConsoleModel(grace_s=300)
+    stream = model.changes.subscribe()
+    for i in range(stream.maxsize + 5):
+        model.on_status(f"dev-{i}", b'{"state":"online"}')
+        batch = model.changes.take()
+        assert batch is not None
+        model.changes.deliver(batch)
+    kept = [stream.get_nowait() for _ in range(stream.qsize())]
+    assert 5 == len(kept)  # the reload, then what came after it
+    assert (True, True) == (kept[0]["reload"], kept[0]["devices_truncated"])
+    assert ["dev-104"] == kept[-1]["devices"]

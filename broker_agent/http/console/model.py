@@ -126,9 +126,12 @@ class Changes:
 
     def deliver(self, batch: dict[str, Any]) -> None:
         for queue in list(self._streams):
-            if queue.full():  # a stalled page: it gets a "reload" instead of a backlog
-                queue.get_nowait()
-            queue.put_nowait(batch)
+            if queue.full():  # a stalled page: its backlog becomes one "reload everything"
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait({**batch, "devices_truncated": True, "reload": True})
+            else:
+                queue.put_nowait(batch)
 
 
 class ConsoleModel:

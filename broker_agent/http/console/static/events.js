@@ -41,6 +41,10 @@ $("#filters").addEventListener("input", load);
 $("#filters").addEventListener("submit", (e) => e.preventDefault());
 live((batch, first) => {
   if (first) return;
+  if (batch.reload) {
+    load();
+    return;
+  }
   const f = filters();
   const body = $("#events tbody");
   for (const item of batch.events || []) if (matches(item, f)) body.prepend(row(item));

@@ -78,6 +78,6 @@ $("#stations").addEventListener("input", (event) => { suggest(event); });
 
 const reload = throttle(load, 150);
 live((batch, first) => {
-  if (!first && ((batch.stations || []).length || (batch.jobs || []).length)) reload();
+  if (!first && (batch.reload || (batch.stations || []).length || (batch.jobs || []).length)) reload();
 });
 load();
