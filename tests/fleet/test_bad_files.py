@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from broker_agent.errors import ConfigFileError
+from broker_agent.fleet.files import FleetSchema, load_config
+from firmware_contracts.codes import ConfigErrorCode
 from firmware_contracts.payloads import ConfigEnvelope
 from tests.support.agent import agent_settings, running_agent
 from tests.support.bad_files import BAD_FILES
@@ -140,3 +145,42 @@ def test_a_symlink_inside_the_config_directory_is_published(broker: Broker, tmp_
             return retained_config(seen, DEVICE_TOPIC)
 
     assert {"from": "link"} == asyncio.run(scenario())
+
+
+# -- anything at all in a file -----------------------------------------------------------------
+
+_json_text = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=10,
+).map(lambda value: json.dumps(value))  # NaN and Infinity included: json.dumps writes them
+_contents = st.one_of(
+    st.binary(max_size=200),
+    _json_text.map(str.encode),
+    st.text(max_size=100).map(lambda text: text.encode("utf-8", "surrogatepass")),
+    st.sampled_from([b"[" * 100_000, b'{"a": ' + b"9" * 5_000 + b"}", b'{"\\udfff": 1}']),
+)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Module-scoped, so hypothesis's examples may share it."""
+    return tmp_path_factory.mktemp("bad-files")
+
+
+@settings(max_examples=150, deadline=None)
+@given(content=_contents)
+def test_nothing_in_a_file_raises_anything_but_a_config_file_error(
+    scratch: Path, content: bytes
+) -> None:
+    schema_path = scratch / "_schema.json"
+    schema_path.write_text(json.dumps({"properties": {"a": {"type": "integer"}}}))
+    path = scratch / "dev-1.json"
+    path.write_bytes(content)
+    try:
+        config = load_config(path, FleetSchema.load(schema_path, 1 << 20), 1 << 20)
+    except ConfigFileError as exc:
+        assert exc.code in set(ConfigErrorCode)
+        assert exc.message
+    else:
+        assert config.device_id == "dev-1"
