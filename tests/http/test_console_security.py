@@ -172,7 +172,7 @@ def test_a_malformed_password_hash_stops_the_console(tmp_path: Path) -> None:
 
     address = parse_listen("0.0.0.0:8080")
     assert address is not None
-    settings = ConsoleSettings(console_password_hash="plaintext-password")  # type: ignore[arg-type]
+    settings = ConsoleSettings(console_password_hash="plaintext-password")
     hashed = settings.console_password_hash
     assert hashed is not None
     with pytest.raises(SetupError, match="not a password hash"):
