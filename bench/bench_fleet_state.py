@@ -337,12 +337,15 @@ def main() -> None:
         watch.reset()
         agent = AgentProcess(port, work / "full", work)
         complete = watch.summary_when(lambda s: s["in_sync"] == n and s["online"] == n)
+        restart = complete - agent.started
+        # the floor under it: a bare paho v5 client reading the same retained messages
+        floor = bare_read(port, 3 * n)
         row(
-            "agent restart: start to full fleet state",
-            complete - agent.started,
+            f"agent restart to full state (bare paho read {floor:.2f} s, {restart / floor:.2f}x)",
+            restart,
             "s",
             "<= 10 s",
-            complete - agent.started <= 10,
+            restart <= 10,
         )
 
         settings = MqttSettings(broker_url=f"mqtt://127.0.0.1:{port}")
@@ -350,7 +353,6 @@ def main() -> None:
         view = asyncio.run(read_fleet(settings, settings.broker_url or "", timeout=120))
         status_s = time.monotonic() - begin
         assert len(view) == n and view.counts()["in_sync"] == n
-        floor = bare_read(port, 3 * n)
         row(
             f"status reads {n:,} devices (bare paho {floor:.2f} s, {status_s / floor:.1f}x)",
             status_s,
