@@ -19,7 +19,9 @@ from tests.support.mqtt import Observer, observe, retained_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
-CONFIGS = "iot/devices/+/config"
+
+def configs(broker: Broker) -> str:
+    return f"{broker.root}/devices/+/config"
 
 
 def write_config(config_dir: Path, device: str, config: dict[str, Any]) -> None:
@@ -27,7 +29,7 @@ def write_config(config_dir: Path, device: str, config: dict[str, Any]) -> None:
 
 
 async def retained_configs(broker: Broker) -> dict[str, dict[str, Any]]:
-    snapshot = await retained_snapshot(broker.url, CONFIGS)
+    snapshot = await retained_snapshot(broker.url, configs(broker))
     return {
         topic.split("/")[2]: ConfigEnvelope.model_validate_json(payload).config
         for topic, payload in snapshot.items()
@@ -67,10 +69,10 @@ def config_dir(tmp_path: Path) -> Path:
 async def test_publish_update_and_clear_round_trip(broker: Broker, config_dir: Path) -> None:
     write_config(config_dir, "kitchen-01", {"interval": 30})
     async with (
-        observe(broker.url, CONFIGS, "iot/agents/#") as seen,
+        observe(broker.url, configs(broker), f"{broker.root}/agents/#") as seen,
         running_agent(agent_settings(broker.url, config_dir)),
     ):
-        topic = "iot/devices/kitchen-01/config"
+        topic = f"{broker.root}/devices/kitchen-01/config"
         await seen.wait_for(lambda: topic in seen.latest)
         first = ConfigEnvelope.model_validate_json(seen.latest[topic])
         assert {"interval": 30} == first.config
@@ -80,19 +82,19 @@ async def test_publish_update_and_clear_round_trip(broker: Broker, config_dir: P
         await seen.wait_for(lambda: json.loads(seen.latest[topic])["config"] == {"interval": 60})
 
         write_config(config_dir, "hall-02", {"interval": 5})
-        await seen.wait_for(lambda: "iot/devices/hall-02/config" in seen.latest)
+        await seen.wait_for(lambda: f"{broker.root}/devices/hall-02/config" in seen.latest)
 
         (config_dir / "kitchen-01.json").unlink()
         await seen.wait_for(lambda: seen.latest[topic] == b"")
         await seen.wait_for(lambda: bool(events_named(seen, "config_cleared")))
         published = {e["device_id"] for e in events_named(seen, "config_published")}
         assert {"kitchen-01", "hall-02"} == published
-        status_topic = "iot/agents/test-agent/status"
+        status_topic = f"{broker.root}/agents/test-agent/status"
         await seen.wait_for(lambda: json.loads(seen.latest[status_topic])["devices"] == 1)
         assert "online" == json.loads(seen.latest[status_topic])["state"]
     assert {"hall-02": {"interval": 5}} == await retained_configs(broker)
-    final = await retained_snapshot(broker.url, "iot/agents/test-agent/status")
-    assert "offline" == json.loads(final["iot/agents/test-agent/status"])["state"]
+    final = await retained_snapshot(broker.url, f"{broker.root}/agents/test-agent/status")
+    assert "offline" == json.loads(final[f"{broker.root}/agents/test-agent/status"])["state"]
 
 
 BAD_FILES = {  # written while the agent runs: file -> (content, the event's error code)
@@ -121,7 +123,7 @@ async def write_bad_files(broker: Broker, config_dir: Path) -> Rejections:
     )
     settings = agent_settings(broker.url, config_dir, max_config_bytes=2048)
     async with (
-        observe(broker.url, CONFIGS, "iot/agents/+/events") as seen,
+        observe(broker.url, configs(broker), f"{broker.root}/agents/+/events") as seen,
         running_agent(settings),
     ):
         for name, (content, _) in BAD_FILES.items():
@@ -160,14 +162,14 @@ async def test_a_rejected_file_is_never_published_and_the_last_good_config_survi
 ) -> None:
     rejections = await write_bad_files(broker, config_dir)
 
-    assert {"iot/devices/good/config"} == rejections.config_topics
+    assert {f"{broker.root}/devices/good/config"} == rejections.config_topics
     assert {"good": {"interval": 30}} == rejections.retained
 
 
 async def test_unreadable_file_is_rejected_at_reconcile(broker: Broker, config_dir: Path) -> None:
     (config_dir / "dir.json").mkdir()
     async with (
-        observe(broker.url, "iot/agents/+/events") as seen,
+        observe(broker.url, f"{broker.root}/agents/+/events") as seen,
         running_agent(agent_settings(broker.url, config_dir)),
     ):
         await seen.wait_for(lambda: bool(events_named(seen, "config_rejected")))
@@ -185,12 +187,12 @@ async def test_reconcile_after_changes_made_while_the_agent_was_down(
     write_config(config_dir, "b", {"n": 2})  # changed
     (config_dir / "c.json").unlink()  # deleted
     write_config(config_dir, "d", {"n": 1})  # added
-    async with observe(broker.url, CONFIGS) as seen, running_agent(settings):
+    async with observe(broker.url, configs(broker)) as seen, running_agent(settings):
         await seen.wait_for(lambda: len(live_config_publishes(seen)) >= 3)
         assert sorted(live_config_publishes(seen)) == [
-            "iot/devices/b/config",
-            "iot/devices/c/config",
-            "iot/devices/d/config",
+            f"{broker.root}/devices/b/config",
+            f"{broker.root}/devices/c/config",
+            f"{broker.root}/devices/d/config",
         ]
     assert {"a": {"n": 1}, "b": {"n": 2}, "d": {"n": 1}} == await retained_configs(broker)
 
@@ -205,7 +207,7 @@ async def test_nothing_is_republished_when_nothing_changed(
         pass
     for path in config_dir.iterdir():
         os.utime(path)  # touched, not changed: the hash decides
-    async with observe(broker.url, CONFIGS, "iot/agents/#") as seen:
+    async with observe(broker.url, configs(broker), f"{broker.root}/agents/#") as seen:
         async with running_agent(settings) as agent:
             assert 20 == len(agent.publisher.retained)
         # a second agent on the same directory does not fight the first either
@@ -222,7 +224,7 @@ async def test_mass_prune_guard_blocks_a_burst_of_deletions(
         write_config(config_dir, f"dev-{index}", {"index": index})
     settings = agent_settings(broker.url, config_dir)
     async with (
-        observe(broker.url, CONFIGS, "iot/agents/+/events") as seen,
+        observe(broker.url, configs(broker), f"{broker.root}/agents/+/events") as seen,
         running_agent(settings),
     ):
         for index in range(8):
@@ -233,7 +235,10 @@ async def test_mass_prune_guard_blocks_a_burst_of_deletions(
         assert [] == events_named(seen, "config_cleared")
     assert 10 == len(await retained_configs(broker))
     # the start-up reconcile obeys the same guard
-    async with observe(broker.url, "iot/agents/+/events") as seen, running_agent(settings):
+    async with (
+        observe(broker.url, f"{broker.root}/agents/+/events") as seen,
+        running_agent(settings),
+    ):
         await seen.wait_for(lambda: bool(events_named(seen, "prune_blocked")))
     assert 10 == len(await retained_configs(broker))
     # a small prune goes through
@@ -248,12 +253,16 @@ async def test_missing_config_directory_clears_nothing(broker: Broker, config_di
     async with running_agent(settings):
         pass
     shutil.rmtree(config_dir)
-    async with observe(broker.url, "iot/agents/+/events") as seen, running_agent(settings):
+    async with (
+        observe(broker.url, f"{broker.root}/agents/+/events") as seen,
+        running_agent(settings),
+    ):
         await seen.wait_for(lambda: bool(events_named(seen, "prune_blocked")))
         assert "unavailable" in events_named(seen, "prune_blocked")[0]["reason"]
     assert {"a": {"n": 1}} == await retained_configs(broker)
 
 
+@pytest.mark.needs_own_broker
 async def test_broker_restart_with_the_agent_running(broker: Broker, config_dir: Path) -> None:
     for index in range(5):
         write_config(config_dir, f"dev-{index}", {"index": index})
@@ -272,10 +281,10 @@ async def test_broker_restart_with_the_agent_running(broker: Broker, config_dir:
 async def test_editor_style_atomic_saves(broker: Broker, config_dir: Path) -> None:
     write_config(config_dir, "a", {"v": 1})
     async with (
-        observe(broker.url, CONFIGS, "iot/agents/+/events") as seen,
+        observe(broker.url, configs(broker), f"{broker.root}/agents/+/events") as seen,
         running_agent(agent_settings(broker.url, config_dir)),
     ):
-        topic = "iot/devices/a/config"
+        topic = f"{broker.root}/devices/a/config"
         await seen.wait_for(lambda: topic in seen.latest)
         # vim: backup file, swap file, write a temp file and rename it over the original
         shutil.copy(config_dir / "a.json", config_dir / "a.json~")
@@ -287,7 +296,9 @@ async def test_editor_style_atomic_saves(broker: Broker, config_dir: Path) -> No
         await seen.wait_for(lambda: json.loads(seen.latest[topic])["config"] == {"v": 2})
         await asyncio.sleep(0.3)
         assert [] == events_named(seen, "config_rejected")
-        assert ["iot/devices/a/config"] == sorted({t for t in seen.latest if t.endswith("/config")})
+        assert [f"{broker.root}/devices/a/config"] == sorted(
+            {t for t in seen.latest if t.endswith("/config")}
+        )
 
 
 async def test_burst_of_1000_edits_ends_in_the_final_state(
@@ -307,16 +318,19 @@ async def test_schema_edit_revalidates_every_config(broker: Broker, config_dir: 
     write_config(config_dir, "a", {"interval": 1})
     write_config(config_dir, "b", {"interval": 10})
     async with (
-        observe(broker.url, CONFIGS, "iot/agents/+/events") as seen,
+        observe(broker.url, configs(broker), f"{broker.root}/agents/+/events") as seen,
         running_agent(agent_settings(broker.url, config_dir)),
     ):
-        await seen.wait_for(lambda: "iot/devices/b/config" in seen.latest)
+        await seen.wait_for(lambda: f"{broker.root}/devices/b/config" in seen.latest)
         (config_dir / "_schema.json").write_text('{"properties": {"interval": {"minimum": 5}}}')
         await seen.wait_for(lambda: bool(events_named(seen, "config_rejected")))
         assert "a.json" == events_named(seen, "config_rejected")[0]["file"]
         write_config(config_dir, "a", {"interval": 7})
         await seen.wait_for(
-            lambda: json.loads(seen.latest["iot/devices/a/config"])["config"] == {"interval": 7}
+            lambda: (
+                json.loads(seen.latest[f"{broker.root}/devices/a/config"])["config"]
+                == {"interval": 7}
+            )
         )
 
 
@@ -326,7 +340,10 @@ async def test_config_directory_deleted_and_recreated_while_running(
     for index in range(4):  # under the share/count guard: only the directory check protects it
         write_config(config_dir, f"dev-{index}", {"index": index})
     settings = agent_settings(broker.url, config_dir)
-    async with observe(broker.url, "iot/agents/+/events") as seen, running_agent(settings):
+    async with (
+        observe(broker.url, f"{broker.root}/agents/+/events") as seen,
+        running_agent(settings),
+    ):
         shutil.rmtree(config_dir)
         await seen.wait_for(lambda: bool(events_named(seen, "prune_blocked")))
         assert [] == events_named(seen, "config_cleared")

@@ -2,8 +2,9 @@
 
 With ``BROKER_AGENT_TEST_BROKER_URL`` set (credentials in the URL, or in
 ``BROKER_AGENT_MQTT_USERNAME``/``..._PASSWORD``), every test gets that broker with a topic root
-of its own, ``<BROKER_AGENT_TEST_TOPIC_BASE>/<nonce>`` (base default ``broker-agent-test``),
-so tests cannot see each other's retained state even when they run at the same time. The root
+of its own, ``<BROKER_AGENT_TEST_TOPIC_BASE>-<nonce>`` (base default ``broker-agent-test``),
+so tests cannot see each other's retained state even when they run at the same time. One
+segment, like ``iot``: tests that pick a device id out of a topic by position keep working. The root
 is also put in ``BROKER_AGENT_TOPIC_ROOT`` for the test's duration, so every settings object
 (``agent_settings``, ``StationSettings()``, a CLI run in a subprocess) uses it without being
 told. What the test left retained under its root is cleared at teardown.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker_agent.mqtt import BrokerUrls, Message, make_connection
 from broker_agent.settings import MqttSettings
@@ -38,13 +39,13 @@ def external_url() -> str | None:
 class ExternalBroker:
     """Quacks like ``tests.support.broker.Broker`` for tests that only connect to it."""
 
-    url: str
+    url: str = field(repr=False)  # may carry the test account's password
     root: str
 
     @classmethod
     def for_one_test(cls, url: str) -> ExternalBroker:
         base = os.environ.get(BASE_VARIABLE) or "broker-agent-test"
-        return cls(url, f"{base}/{secrets.token_hex(6)}")
+        return cls(url, f"{base}-{secrets.token_hex(6)}")
 
     @property
     def host(self) -> str:
