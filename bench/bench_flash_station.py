@@ -66,7 +66,7 @@ from broker_agent.station.job import Flasher  # noqa: E402
 from broker_agent.station.station import Station  # noqa: E402
 from broker_agent.station.worker import ProcessFlasher  # noqa: E402
 
-STATION_ID = "bench-station"
+PROCESSES, THREADS = "bench-processes", "bench-threads"  # the two stations' ids
 AGENT_ID = "bench-agent"
 JOB_BAUD = 460800
 ROM_BAUD = 115200
@@ -219,14 +219,14 @@ class Operator:
             if waiter is not None and event["status"] in ("ok", "error") and not waiter.done():
                 waiter.set_result(event)
 
-    async def flash(self, request_id: str, device_id: str, port: str) -> float:
+    async def flash(self, station_id: str, request_id: str, device_id: str, port: str) -> float:
         """Seconds from publishing the command to receiving its ``ok``."""
         waiter = asyncio.get_running_loop().create_future()
         self.finals[request_id] = waiter
         started = time.perf_counter()
         command = {"request_id": request_id, "device_id": device_id, "port": port}
         await self.client.publish(
-            f"iot/stations/{STATION_ID}/flash/request", json.dumps(command), qos=1
+            f"iot/stations/{station_id}/flash/request", json.dumps(command), qos=1
         )
         event = await asyncio.wait_for(waiter, 30)
         elapsed = time.perf_counter() - started
@@ -294,10 +294,10 @@ async def measure(rounds: int, base: Path) -> bool:
         baselines = [
             await asyncio.to_thread(bare_esptool_session, urls[0], image) for _ in range(rounds)
         ]
-        threads = await run_figures(broker.url, base, figures, rounds, run_flash_job)
-        processes = await run_figures(broker.url, base, figures, rounds, ProcessFlasher())
+        runs = await run_figures(broker.url, base, figures, rounds)
         bare_throttled = await asyncio.to_thread(bare_esptool_session, figures.relay_url, image)
-        return report(rounds, statistics.median(baselines), bare_throttled, threads, processes)
+        bare = statistics.median(baselines)
+        return report(rounds, bare, bare_throttled, runs[THREADS], runs[PROCESSES])
     finally:
         for helper in helpers:
             helper.terminate()
@@ -321,60 +321,99 @@ class Run:
     eight: float
     throttled: float
     counts: dict[str, dict[str, int]]
+    cpu_per_job: float  # CPU seconds of every process of the bench, per single job
 
     @property
     def wire(self) -> float:
         return wire_seconds(self.counts)
 
 
-async def run_figures(url: str, base: Path, figures: Figures, rounds: int, flasher: Flasher) -> Run:
-    settings = StationSettings(
-        broker_url=url,
-        station_id=STATION_ID,
-        manufacturing_log=base / "manufacturing.jsonl",
-        http_listen="",  # no fixed port: other benchmarks may run beside this one
-    )
-    station = Station(settings, flasher=flasher)
-    station_task = asyncio.create_task(station.run(), name="station")
+async def run_figures(url: str, base: Path, figures: Figures, rounds: int) -> dict[str, Run]:
+    """Both stations on the broker at once; their rounds interleave, so load that comes and
+    goes on the machine weighs on both alike."""
+    flashers: dict[str, Flasher] = {PROCESSES: ProcessFlasher(), THREADS: run_flash_job}
+    stations = [
+        Station(
+            StationSettings(
+                broker_url=url,
+                station_id=station_id,
+                manufacturing_log=base / "manufacturing.jsonl",
+                http_listen="",  # no fixed port: other benchmarks may run beside this one
+            ),
+            flasher=flasher,
+        )
+        for station_id, flasher in flashers.items()
+    ]
+    tasks = [asyncio.create_task(station.run(), name="station") for station in stations]
     try:
-        await asyncio.wait_for(station.online.wait(), 15)
+        for station in stations:
+            await asyncio.wait_for(station.online.wait(), 15)
         port = int(url.rsplit(":", 1)[1])
         client = aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5)
         async with client:
-            await client.subscribe(f"iot/stations/{STATION_ID}/flash/response", qos=1)
+            for station_id in flashers:
+                await client.subscribe(f"iot/stations/{station_id}/flash/response", qos=1)
             operator = Operator(client)
             pump = asyncio.create_task(operator.pump(), name="operator")
             try:
-                return await measure_station(operator, figures, rounds)
+                return await measure_stations(operator, figures, rounds, list(flashers))
             finally:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
     finally:
-        station_task.cancel()
-        await asyncio.gather(station_task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def measure_station(operator: Operator, figures: Figures, rounds: int) -> Run:
+async def measure_stations(
+    operator: Operator, figures: Figures, rounds: int, station_ids: list[str]
+) -> dict[str, Run]:
     urls = figures.urls
     counter = iter(range(1_000_000))
+    median = statistics.median
 
-    async def one(port: str, device: str) -> float:
-        return await operator.flash(f"b-{next(counter)}", device, port)
+    async def one(station_id: str, port: str, device: str) -> float:
+        return await operator.flash(station_id, f"b-{next(counter)}", device, port)
 
-    async def together(count: int) -> float:
+    async def together(station_id: str, count: int) -> float:
         started = time.perf_counter()
         pairs = list(zip(urls, DEVICES, strict=True))[:count]
-        await asyncio.gather(*(one(port, device) for port, device in pairs))
+        await asyncio.gather(*(one(station_id, port, device) for port, device in pairs))
         return time.perf_counter() - started
 
-    await one(urls[0], DEVICES[0])  # warm-up: first connection, first image, first worker
-    singles = [await one(urls[0], DEVICES[0]) for _ in range(rounds)]
-    fours = [await together(4) for _ in range(rounds)]
-    eights = [await together(8) for _ in range(rounds)]
-    throttled = await one(figures.relay_url, DEVICES[0])
-    counts = await asyncio.to_thread(read_counts, figures.counts_file)
-    median = statistics.median
-    return Run(median(singles), median(fours), median(eights), throttled, counts)
+    async def single(station_id: str) -> tuple[float, float]:
+        cpu_before = tree_cpu_seconds()
+        elapsed = await one(station_id, urls[0], DEVICES[0])
+        return elapsed, tree_cpu_seconds() - cpu_before
+
+    # warm-up: first connections and images, and as many workers as boards (a station starts
+    # one per candidate port; these boards are socket:// URLs it does not list)
+    for station_id in station_ids:
+        await together(station_id, len(DEVICES))
+    figures_of: dict[str, dict[str, list[float]]] = {sid: {} for sid in station_ids}
+    for name, measure in (
+        ("single", single),
+        ("four", lambda sid: together(sid, 4)),
+        ("eight", lambda sid: together(sid, 8)),
+    ):
+        for _ in range(rounds):
+            for station_id in station_ids:
+                value = await measure(station_id)
+                elapsed, cpu = value if isinstance(value, tuple) else (value, 0.0)
+                figures_of[station_id].setdefault(name, []).append(elapsed)
+                figures_of[station_id].setdefault("cpu", []).append(cpu)
+    runs = {}
+    for station_id in station_ids:
+        throttled = await one(station_id, figures.relay_url, DEVICES[0])
+        counts = await asyncio.to_thread(read_counts, figures.counts_file)
+        values = figures_of[station_id]
+        cpu_per_job = sum(values["cpu"]) / rounds
+        runs[station_id] = Run(
+            median(values["single"]), median(values["four"]), median(values["eight"]),
+            throttled, counts, cpu_per_job,
+        )  # fmt: skip
+    return runs
 
 
 def report(rounds: int, bare: float, bare_throttled: float, threads: Run, run: Run) -> bool:
@@ -384,6 +423,14 @@ def report(rounds: int, bare: float, bare_throttled: float, threads: Run, run: R
              run.single <= TARGET_SINGLE_S)  # fmt: skip
     row("   bare esptool session (no MQTT)", ms(bare), ms(bare))
     row("   station / bare esptool", ratio(run.single / bare), ratio(threads.single / bare))
+    row("   CPU per job, all processes", ms(run.cpu_per_job), ms(threads.cpu_per_job))
+    cores = os.cpu_count() or 1
+    for count in (4, 8):
+        row(
+            f"   {count} at once: CPU floor / one ({cores} cores)",
+            ratio(cpu_floor(run, count, cores)),
+            ratio(cpu_floor(threads, count, cores)),
+        )
     row("2. four boards at once, until all ok", ms(run.four), ms(threads.four))
     ok &= row("   four / one", ratio(run.four / run.single), ratio(threads.four / threads.single),
               "<= 1.3x", run.four / run.single <= TARGET_FOUR_RATIO)  # fmt: skip
@@ -402,6 +449,36 @@ def report(rounds: int, bare: float, bare_throttled: float, threads: Run, run: R
     ok &= row("   job / lower bound", ratio(wire_ratio), ratio(threads.throttled / threads.wire),
               "<= 1.3x", wire_ratio <= TARGET_WIRE_RATIO)  # fmt: skip
     return ok
+
+
+def tree_cpu_seconds() -> float:
+    """CPU time (user + system) of this process and all its descendants now alive: the
+    station, its forkserver and workers, the agent, the simulators, the relay, Mosquitto."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
+def cpu_floor(run: Run, jobs: int, cores: int) -> float:
+    """The least ``jobs`` parallel jobs can take over one job, if all their CPU is spread
+    perfectly over the cores (the ratio a target may ask for is at least this)."""
+    return max(run.single, jobs * run.cpu_per_job / cores) / run.single
 
 
 def ratio(value: float) -> str:

@@ -118,16 +118,25 @@ class ProcessFlasher:
         self.log_format: LogFormat = log_format
         self.log_level = log_level
         self._idle: list[_Worker] = []
+        self._busy = 0  # workers running a job
         self._lock = threading.Lock()
         self._sequence = 0
         self._closed = False
 
     def warm_up(self, workers: int = 1) -> None:
-        """Start the forkserver and ``workers`` idle workers now (blocking; ~0.1-0.5 s)."""
+        """Have at least ``workers`` workers, idle or busy (blocking: each new one takes
+        0.2-0.7 s of CPU, measured, mostly imports), so jobs on that many boards at once
+        find one ready. The station calls it with the number of candidate ports."""
         multiprocessing.forkserver.ensure_running()
-        started = [_Worker(self.log_format, self.log_level) for _ in range(workers)]
         with self._lock:
-            self._idle += started
+            missing = min(workers, MAX_IDLE_WORKERS) - len(self._idle) - self._busy
+        started = [_Worker(self.log_format, self.log_level) for _ in range(max(missing, 0))]
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._idle += started
+        for worker in started if closed else []:
+            worker.stop()
 
     def close(self) -> None:
         """Stop the idle workers; a worker busy with a job stops when the job ends."""
@@ -140,6 +149,7 @@ class ProcessFlasher:
     def _take(self) -> tuple[_Worker, int]:
         with self._lock:
             self._sequence += 1
+            self._busy += 1
             while self._idle:
                 worker = self._idle.pop()
                 if worker.process.is_alive():
@@ -165,15 +175,14 @@ class ProcessFlasher:
         worker, sequence = self._take()
         run = _Run(job, worker, sequence)
         try:
-            outcome = run.execute(fetch_image, report, cancel)
-        except BaseException:
+            return run.execute(fetch_image, report, cancel)
+        finally:
+            with self._lock:
+                self._busy -= 1
             if run.reusable:
                 self._give_back(worker)
             else:
                 worker.stop()
-            raise
-        self._give_back(worker)
-        return outcome
 
 
 class _Run:
