@@ -201,3 +201,18 @@ def test_online_the_image_comes_from_the_agent(
     assert 0 == code, err
     assert EXPECTED == parse_nvs(nvs_region(board)).strings("prov")
     assert f"md5: {hashlib.md5(nvs_region(board)).hexdigest()}" in out.splitlines()
+
+
+def test_a_board_holding_its_image_is_not_rewritten_unless_forced(
+    board: BoardServer, dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    first = run_cli(offline_args("kitchen-01", board.url, dirs), tmp_path)
+    again = run_cli(offline_args("kitchen-01", board.url, dirs), tmp_path)
+    forced = run_cli([*offline_args("kitchen-01", board.url, dirs), "--force"], tmp_path)
+
+    assert [0, 0, 0] == [run.returncode for run in (first, again, forced)]
+    assert "already held this image" in again.stdout
+    assert "written and verified" in forced.stdout
+    lines = [json.loads(line) for line in dirs["log"].read_text().splitlines()]
+    assert [False, True, False] == [line["skipped"] for line in lines]
+    assert EXPECTED == parse_nvs(nvs_region(board)).strings("prov")
