@@ -249,8 +249,10 @@ def _report(result: JobResult) -> int:
     outcome = result.outcome
     partition = outcome.partition
     if outcome.skipped:
-        print(f"ok: {result.device_id} on {result.request.port} already held this image: "
-              "nothing written (--force rewrites it)")  # fmt: skip
+        print(
+            f"ok: {result.device_id} on {result.request.port} already held this image: "
+            "nothing written (--force rewrites it)"
+        )
     else:
         print(f"ok: {result.device_id} written and verified on {result.request.port}")
     print(f"chip: {outcome.chip_type}  mac: {outcome.mac}")

@@ -198,8 +198,12 @@ def run_job(
                     FlashErrorCode.INTERNAL_ERROR, "no device_id for this job", stream.phase
                 )
             stream.device_id = identify(stream.mac)
-            log.info("flash_job_identified", request_id=request.request_id,
-                     mac=stream.mac, device_id=stream.device_id)  # fmt: skip
+            log.info(
+                "flash_job_identified",
+                request_id=request.request_id,
+                mac=stream.mac,
+                device_id=stream.device_id,
+            )
         return fetch_image(stream.device_id, partition)
 
     try:

@@ -98,11 +98,12 @@ class _Worker:
         with contextlib.suppress(OSError):  # the worker is gone; its EOF ends the job
             self.to_worker.send(message)
 
-    def stop(self) -> None:
-        """Close the pipes (an idle worker then exits), wait, terminate if it lingers."""
+    def stop(self, *, wait_s: float = _EXIT_WAIT_S) -> None:
+        """Close the pipes (an idle worker then exits), wait ``wait_s``, then terminate it
+        (SIGTERM, then SIGKILL): the kernel closes whatever port it held."""
         self.to_worker.close()
         self.from_worker.close()
-        self.process.join(_EXIT_WAIT_S)
+        self.process.join(wait_s)
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(_EXIT_WAIT_S)
@@ -181,8 +182,8 @@ class ProcessFlasher:
                 self._busy -= 1
             if run.reusable:
                 self._give_back(worker)
-            else:
-                worker.stop()
+            else:  # it died, or did not answer a cancel: terminate it now
+                worker.stop(wait_s=0)
 
 
 class _Run:

@@ -206,3 +206,29 @@ def test_four_jobs_at_once_run_in_four_workers(flasher: ProcessFlasher) -> None:
     assert 4 == len(set(pids)) == len(pids)
     for server in servers:
         assert server.board.flash[0x9000:0xE000] != b"\xff" * 0x5000
+
+
+def test_a_worker_that_does_not_answer_a_cancel_is_terminated_and_its_port_freed(
+    flasher: ProcessFlasher, server: BoardServer
+) -> None:
+    cancel = threading.Event()
+    frozen: list[int] = []
+
+    def freeze_the_worker_then_cancel(partition: PartitionEntry) -> bytes:
+        [holder] = socket_owners(port_of(server.url))
+        os.kill(holder, signal.SIGSTOP)  # a worker stuck where no cancel reaches it
+        frozen.append(holder)
+        cancel.set()
+        return image_for(partition)
+
+    started = time.monotonic()
+    with pytest.raises(FlashJobError) as caught:
+        flasher(job(server), freeze_the_worker_then_cancel, lambda report: None, cancel)
+    took = time.monotonic() - started
+
+    assert FlashErrorCode.ABORTED == caught.value.code
+    assert took < 3.0
+    assert not Path(f"/proc/{frozen[0]}").exists()  # terminated and reaped
+    assert set() == socket_owners(port_of(server.url))
+    outcome = flasher(job(server, "w-2"), image_for, lambda report: None, threading.Event())
+    assert hashlib.md5(server.board.flash[0x9000:0xE000]).hexdigest() == outcome.md5
