@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import signal
+import sys
 import time
 from typing import Any
 
@@ -125,3 +129,41 @@ def test_unknown_state_is_a_setup_error(seeded: Broker) -> None:
 
 def test_unreachable_broker_is_a_setup_error() -> None:
     assert 2 == main(["status", "--broker-url", f"mqtt://127.0.0.1:{free_port()}"])
+
+
+async def test_watch_redraws_on_a_change_and_exits_0_on_interrupt(seeded: Broker) -> None:
+    """On a terminal (a pty), the table is redrawn live; Ctrl-C ends it cleanly."""
+    controller, terminal = pty.openpty()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broker_agent.cli",
+        "status",
+        "--watch",
+        "--broker-url",
+        seeded.url,
+        stdout=terminal,
+        stderr=terminal,
+        env={**os.environ, "COLUMNS": "200", "TERM": "xterm"},
+    )
+    os.close(terminal)
+    shown = bytearray()
+
+    async def until_shown(text: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(20):
+            while text not in shown:
+                shown.extend(await loop.run_in_executor(None, os.read, controller, 65536))
+
+    try:
+        await until_shown(b"dev-sync")
+        async with client_for(seeded.url) as client:
+            await client.publish("iot/devices/late-1/status", b'{"state":"online"}', retain=True)
+        await until_shown(b"late-1")
+        process.send_signal(signal.SIGINT)
+        assert 0 == await asyncio.wait_for(process.wait(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        os.close(controller)
