@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from broker_agent.app import Agent
+from broker_agent.commands.status import read_fleet
+from broker_agent.settings import MqttSettings
 from firmware_contracts.codes import DevicePresence, FleetState
 from firmware_contracts.payloads import FleetSummary, config_sha256
 from tests.support.agent import agent_settings, running_agent
@@ -192,3 +194,25 @@ def _summary_has(broker: Broker, **expected: int) -> Any:
         return all(summary[name] == value for name, value in expected.items())
 
     return check
+
+
+async def test_agent_and_status_command_compute_the_same_state(
+    broker: Broker, config_dir: Path
+) -> None:
+    synced = write_config(config_dir, "dev-ok", {"interval": 30})
+    write_config(config_dir, "dev-bad", {"interval": 1})
+    write_config(config_dir, "dev-quiet", {"interval": 5})
+    async with (
+        running_agent(agent_settings(broker.url, config_dir)) as agent,
+        running_device(broker.port, "dev-ok") as ok,
+        running_device(broker.port, "dev-bad", reject_with="too low"),
+        running_device(broker.port, "stray-1"),
+    ):
+        await ok.wait_acked(synced)
+        await reaches(agent, "dev-bad", FleetState.FAILED)
+        await reaches(agent, "stray-1", FleetState.UNMANAGED)
+        view = await read_fleet(MqttSettings(), broker.url)
+        assert agent.tracker.counts() == view.counts()
+        assert {d.device_id: d.state for d in agent.tracker.view} == {
+            d.device_id: d.state for d in view
+        }

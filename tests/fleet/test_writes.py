@@ -174,3 +174,47 @@ def test_schema_violation_names_the_json_path(tmp_path: Any) -> None:
 def test_file_over_the_size_limit_is_too_large() -> None:
     found = refusal(lambda: plan_write("d", request(config={"x": "y" * 200}), None, NO_SCHEMA, 100))
     assert Code.TOO_LARGE == found.code
+
+
+json_objects = st.dictionaries(
+    st.text(max_size=4),
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        ),
+        max_leaves=8,
+    ),
+    max_size=4,
+)
+
+
+@given(
+    operation=st.sampled_from(["config", "merge", "delete"]),
+    document=json_objects,
+    precondition=st.sampled_from(["absent", "null", "sha"]),
+)
+def test_parse_write_round_trips_what_a_writer_sends(
+    operation: str, document: dict[str, Any], precondition: str
+) -> None:
+    sent: dict[str, Any] = {
+        "request_id": "w-1",
+        operation: True if operation == "delete" else document,
+    }
+    if precondition != "absent":
+        sent["if_sha256"] = None if precondition == "null" else "a" * 64
+    parsed = parse_write(json.dumps(sent).encode(), 1 << 20)
+    assert sent == parsed.request.dump()
+
+
+@given(json_objects)
+def test_a_replaced_config_reads_back_with_the_sha_it_was_answered_with(
+    document: dict[str, Any],
+) -> None:
+    planned = plan_write("d", request(config=document), None, NO_SCHEMA, 1 << 20)
+    assert planned.data is not None
+    assert planned.sha256 == config_sha256(loads_strict(planned.data))
