@@ -7,7 +7,9 @@ when it has read everything without a fixed sleep, as the agent does: its three 
 are QoS 0 (a broker's queue limit cannot drop any of a large fleet), then it publishes a random
 marker on its own ``{root}/operators/<user>/sync`` topic (the production ACL grants an operator
 ``{root}/operators/<its user name>/#``) and subscribes to it; the broker queues every retained
-message before it routes the marker.
+message before it routes the marker. The read goes through ``mqtt/retained.py``'s snapshot
+reader rather than paho: 100,000 devices in 4.8 s where paho alone took 41 s on the same
+loaded machine (docs/benchmarks.md).
 
 Output: a table (device, state, presence, config and acked sha256 shortened, age, error), or
 ``--json``; ``--watch`` keeps the connection and redraws as retained messages change.
