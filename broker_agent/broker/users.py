@@ -25,9 +25,10 @@ Service accounts live in one JSON file, by default ``<secrets_dir>/_broker_users
 Devices get two ``pattern`` lines (``%u`` = the user name); every service account gets an
 explicit ``user`` block, and stations and operators also get ``deny`` lines for the device
 topics (operators: those named after themselves) and (for operators) provisioning topics, so
-the device patterns, which Mosquitto applies to every user, grant them nothing. A device is left out of the password file (see ``Refusal``) when its
-secrets file breaks the rules provisioning applies (``provisioning.secrets``, the one reader
-both use: unreadable, unknown keys, a ``device_key`` other than the device_id) or when its id
+the device patterns, which Mosquitto applies to every user, grant them nothing. A device is
+left out of the password file (see ``Refusal``) when its secrets file breaks the rules
+provisioning applies (``provisioning.secrets``, the one reader both use: unreadable, unknown
+keys, a ``device_key`` other than the device_id) or when its id
 is also a service account's name.
 
 The password file is Mosquitto's own format (``mosquitto_passwords``).
