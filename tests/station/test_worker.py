@@ -19,6 +19,8 @@ from broker_agent.station.flasher import FlashProgress
 from broker_agent.station.worker import ProcessFlasher
 from firmware_contracts.codes import FlashErrorCode, FlashPhase
 from firmware_contracts.partition_table import PartitionEntry
+from tests.station.harness import Bench, boards, commander
+from tests.support.station import running_station
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -232,3 +234,22 @@ def test_a_worker_that_does_not_answer_a_cancel_is_terminated_and_its_port_freed
     assert set() == socket_owners(port_of(server.url))
     outcome = flasher(job(server, "w-2"), image_for, lambda report: None, threading.Event())
     assert hashlib.md5(server.board.flash[0x9000:0xE000]).hexdigest() == outcome.md5
+
+
+async def test_the_station_runs_a_jobs_esptool_work_outside_its_own_process(
+    bench: Bench,
+) -> None:
+    """No agent: the job waits for its image, holding the board's port, long enough to look."""
+    with boards(BoardConfig()) as [server]:
+        settings = bench.station_settings(provision_timeout_s=20)
+        async with running_station(settings), commander(bench.broker.url) as operator:
+            command = {"request_id": "w-1", "device_id": "kitchen-01", "port": server.url}
+            await operator.send(command)
+            await operator.phase("w-1", "fetching_nvs")
+            holders = socket_owners(port_of(server.url))
+            await operator.cancel("w-1")
+            events = await operator.final("w-1")
+
+    assert 1 == len(holders)
+    assert os.getpid() not in holders
+    assert "aborted" == events[-1]["error"]["code"]
