@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker_agent.broker.acl import render_acl
 from broker_agent.broker.users import (
     SERVICE_ACCOUNTS_FILE,
     BrokerUsers,
@@ -36,7 +37,6 @@ from broker_agent.broker.users import (
     Refusal,
     ServiceAccounts,
     collect_users,
-    render_acl,
 )
 from broker_agent.errors import SetupError
 from broker_agent.files import write_atomically

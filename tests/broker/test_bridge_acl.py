@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from broker_agent.app import Agent
+from broker_agent.broker.acl import render_acl
 from broker_agent.broker.passwords import PasswordFile
-from broker_agent.broker.users import ServiceAccounts, render_acl
+from broker_agent.broker.users import ServiceAccounts
 from broker_agent.cli import main
 from broker_agent.commands.provision import request_image_online
 from broker_agent.errors import ProvisionTimeout

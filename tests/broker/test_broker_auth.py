@@ -19,6 +19,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker_agent.broker.acl import render_acl
 from broker_agent.broker.auth_sync import (
     FILE_MODE,
     BrokerAuthSettings,
@@ -35,7 +36,6 @@ from broker_agent.broker.users import (
     collect_users,
     parse_password_file,
     password_entries,
-    render_acl,
 )
 from broker_agent.errors import SetupError
 
