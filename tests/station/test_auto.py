@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,25 @@ def test_an_exhausted_queue_is_provisioning_failed(tmp_path: Path) -> None:
         queue.device_for(MAC_2)
 
     assert FlashErrorCode.PROVISIONING_FAILED == caught.value.code
+
+
+def test_a_fifo_as_the_source_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "queue.txt"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+
+    with pytest.raises(SetupError, match="not a regular file"):
+        open_source(fifo)
+
+
+def test_a_queue_turned_unreadable_while_running_fails_the_job_not_the_station(
+    tmp_path: Path,
+) -> None:
+    path = queue_file(tmp_path, "dev-1")
+    queue = IdQueue(path)
+    path.unlink()
+    path.symlink_to("/etc/hostname")  # outside its directory: refused
+
+    with pytest.raises(FlashJobError) as caught:
+        queue.device_for(MAC_1)
+
+    assert FlashErrorCode.INTERNAL_ERROR == caught.value.code
