@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
-from broker_agent.errors import ConfigFileError
+from broker_agent.errors import BrokerUnavailableError, ConfigFileError
 from broker_agent.events import AgentEvents
 from broker_agent.fleet.files import (
     SCHEMA_FILE,
@@ -51,7 +51,7 @@ from broker_agent.mqtt import (
     publish_stream,
     raise_if_cancelled,
 )
-from firmware_contracts.codes import AgentEventName
+from firmware_contracts.codes import AgentEventName, ConfigErrorCode
 from firmware_contracts.payloads import utc_timestamp
 from firmware_contracts.topics import TOPICS, TopicKind, TopicMatch, Topics
 
@@ -59,6 +59,7 @@ log = get_logger(__name__)
 
 _SCAN_CHUNK = 64  # files read between turns of the event loop during a reconcile
 RETAINED_READ_TIMEOUT_S = 300.0
+_PUBLISH_OVERHEAD = 16  # fixed header, topic length, packet id, properties length
 """Subscribe timeout of the subscriptions that bring a fleet's retained state. A SUBACK queues
 behind the retained messages of the subscription before it: with 100,000 devices, aiomqtt's
 10 s default expired while the client was still reading acks, and the agent reconnected
@@ -147,7 +148,16 @@ class ConfigPublisher:
         )
         await connection.subscribe(sync_topic, qos=0, timeout=RETAINED_READ_TIMEOUT_S)
         await connection.publish(sync_topic, self._sync_nonce, qos=0)
-        await self._synced.wait()
+        try:
+            async with asyncio.timeout(RETAINED_READ_TIMEOUT_S):
+                await self._synced.wait()
+        except TimeoutError:
+            # a dropped QoS 0 marker (an ACL, an overloaded broker or bridge) would leave the
+            # agent connected but never online: start a new session instead
+            raise BrokerUnavailableError(
+                f"the sync marker on {sync_topic} did not come back within "
+                f"{RETAINED_READ_TIMEOUT_S:g} s (can the agent read its own agents/<id>/#?)"
+            ) from None
 
     async def reconcile(self, connection: Connection) -> None:
         """Make the retained state equal the directory (subject to the prune guard).
@@ -170,12 +180,12 @@ class ConfigPublisher:
             scan, names = open_scan(self.config_dir)
             configs = scan.read(self.config_dir, names, self.schema, self.max_bytes)
             for index, config in enumerate(configs):
-                if retained.get(config.device_id) == config.sha256:
-                    pass
-                elif self._overtaken(config):
-                    overtaken.add(config.device_id)
-                else:
-                    queue.put_nowait(self._message_for(config))
+                changed = retained.get(config.device_id) != config.sha256
+                if changed and not self._refuse_oversized(scan, config, connection):
+                    if self._overtaken(config):
+                        overtaken.add(config.device_id)
+                    else:
+                        queue.put_nowait(self._message_for(config))
                 if index % _SCAN_CHUNK == _SCAN_CHUNK - 1:
                     await asyncio.sleep(0)
             for _ in range(self.concurrency):
@@ -246,13 +256,39 @@ class ConfigPublisher:
         """The same plan as a reconcile, scoped to the files the watcher named."""
         listed_at = self._directory_mtime()
         scan, todo = open_scan(self.config_dir, names)
-        for _ in scan.read(self.config_dir, todo, self.schema, self.max_bytes):
-            pass
+        for config in list(scan.read(self.config_dir, todo, self.schema, self.max_bytes)):
+            self._refuse_oversized(scan, config, connection)
         await self._report_rejections(scan.rejected)
         plan = plan_reconcile(scan, self.retained, self.guard)
         fresh = [config for config in plan.publish if not self._overtaken(config)]
         clear = self._clearable(plan.clear, listed_at)
         await self._apply(connection, ReconcilePlan(fresh, clear, plan.unchanged, plan.blocked))
+
+    def _refuse_oversized(
+        self, scan: DirectoryScan, config: DeviceConfig, connection: Connection
+    ) -> bool:
+        """Refuse (``too_large``) a config the broker would not take; True when refused.
+
+        A publish over the broker's announced Maximum Packet Size is refused by the client
+        library and used to end the whole session, every time, so one big file kept the agent
+        from ever going online. It is now that file's rejection; the last good config stays.
+        """
+        topic = self.topics.device_config(config.device_id)
+        packet = len(config.envelope) + len(topic.encode()) + _PUBLISH_OVERHEAD
+        if connection.capabilities.fits(packet):
+            return False
+        limit = connection.capabilities.maximum_packet_size
+        scan.configs.pop(config.device_id, None)
+        scan.rejected.append(
+            ConfigFileError(
+                ConfigErrorCode.TOO_LARGE,
+                f"its retained message would be {packet} bytes; the broker accepts at most "
+                f"{limit} (its Maximum Packet Size)",
+                file=config.file,
+                device_id=config.device_id,
+            )
+        )
+        return True
 
     def _directory_mtime(self) -> float | None:
         try:
