@@ -41,6 +41,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -62,9 +63,16 @@ _EXIT_WAIT_S = 1.0
 Connection = multiprocessing.connection.Connection
 
 
-def _context() -> multiprocessing.context.ForkServerContext:
+def _forkserver() -> bool:
+    return "forkserver" in multiprocessing.get_all_start_methods()  # POSIX; not Windows
+
+
+def _context() -> ForkServerContext | SpawnContext:
+    """The forkserver, whose server imports esptool once; ``spawn`` where there is none."""
+    if not _forkserver():
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # the server imports esptool once
+    context.set_forkserver_preload([__name__])
     return context
 
 
@@ -128,7 +136,8 @@ class ProcessFlasher:
         """Have at least ``workers`` workers, idle or busy (blocking: each new one takes
         0.2-0.7 s of CPU, measured, mostly imports), so jobs on that many boards at once
         find one ready. The station calls it with the number of candidate ports."""
-        multiprocessing.forkserver.ensure_running()
+        if _forkserver():
+            multiprocessing.forkserver.ensure_running()
         with self._lock:
             missing = min(workers, MAX_IDLE_WORKERS) - len(self._idle) - self._busy
         started = [_Worker(self.log_format, self.log_level) for _ in range(max(missing, 0))]
