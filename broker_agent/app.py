@@ -26,6 +26,7 @@ from broker_agent.logs import get_logger
 from broker_agent.mqtt import (
     Backoff,
     Connection,
+    Message,
     Router,
     make_connection,
     raise_if_cancelled,
@@ -144,7 +145,7 @@ class Agent:
                 TopicKind.DEVICE_STATUS: self.tracker.on_message,
                 TopicKind.CONFIG_SET: self.writer.on_message,
             },
-            unmatched=self.responder.on_unmatched,
+            unmatched=self._unmatched,
         )
         return make_connection(
             self.settings,
@@ -153,6 +154,12 @@ class Agent:
             will=self.presence.will(),
             route=router,
         )
+
+    def _unmatched(self, message: Message) -> None:
+        """A message no handler takes (e.g. an invalid device id): a config write's or else
+        the provisioning responder's to clear when retained."""
+        if not self.writer.on_unmatched(message):
+            self.responder.on_unmatched(message)
 
     def _disconnected(self, error: Exception, delay: float) -> None:
         self.online.clear()

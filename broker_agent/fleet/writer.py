@@ -1,10 +1,12 @@
 """The config write service (contract 6.3): ``config/set`` requests in, files written, answers out.
 
-Subscriptions, as the provisioning responder makes them (its docstring has the measured why):
-``$share/<group>/{root}/devices/+/config/set`` with QoS 1, Retain As Published and Retain
-Handling 2, so each write reaches one agent of the group; plus a short look (subscribe to the
-plain filter, unsubscribe) for requests retained before we subscribed, which are refused with
-``retained_request_rejected`` and cleared.
+Requests come in through the intake the provisioning responder uses (``mqtt/intake.py`` has
+the measured why): ``$share/<group>/{root}/devices/+/config/set`` (the plain filter, with a
+warning, on a broker without shared subscriptions), QoS 1, Retain As Published, so each write
+reaches one agent of the group; plus a short look for requests retained before we subscribed,
+which are refused with ``retained_request_rejected`` and cleared. A retained ``config/set``
+on a topic with an invalid device id is cleared unanswered (``on_unmatched``). At most
+``QUEUE_CAPACITY`` writes wait; past that a write is answered ``internal_error`` at once.
 
 One write, in a worker: parse (``writes.parse_write``), then under the device's lock read the
 current file, plan the new one (``writes.plan_write``), write it atomically (temp file, fsync,
@@ -34,10 +36,9 @@ import os
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from broker_agent.errors import ConfigFileError, SetupError
+from broker_agent.errors import ConfigFileError
 from broker_agent.events import AgentEvents
 from broker_agent.files import write_atomically
 from broker_agent.fleet.files import load_config
@@ -46,13 +47,13 @@ from broker_agent.fleet.writes import (
     CurrentConfig,
     PlannedWrite,
     WriteRefused,
-    new_request_id,
+    max_request_bytes,
     parse_write,
     plan_write,
-    request_id_of,
 )
 from broker_agent.logs import get_logger
-from broker_agent.mqtt import Connection, Message, raise_if_cancelled
+from broker_agent.mqtt import Connection, Message
+from broker_agent.mqtt.intake import Request, RequestIntake, new_request_id, request_id_in
 from broker_agent.settings import AgentSettings
 from firmware_contracts.codes import AgentEventName, ConfigWriteErrorCode
 from firmware_contracts.payloads import (
@@ -69,21 +70,17 @@ RETAINED_SCAN_SUBSCRIPTION_ID = 4
 MAX_WORKERS = 64
 """Writes in progress at once. Most of a write is waiting for the publisher's PUBACK, so this
 is sized for 50 outstanding writes to different devices (bench/bench_fleet_state.py)."""
+QUEUE_CAPACITY = 1_000
+"""Writes waiting at most. A write holds its payload (up to twice ``max_config_bytes``) while
+it waits, so 1,000 bound the memory to ~0.5 GB at the default limit; and a write waits on a
+PUBACK and a file fsync (~1-5 ms each), so 1,000 queued are seconds of work, inside a
+requester's 10 s timeout."""
+BUSY_MESSAGE = "the agent is busy (too many config writes queued); retry in a few seconds"
 RESPONSE_EXPIRY_S = 60
 PUBLISH_TIMEOUT_S = 10.0
 """How long a write waits for the publisher; longer means it is disconnected or stuck."""
 CONFIG_FILE_MODE = 0o644
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-@dataclass(frozen=True, slots=True)
-class _Write:
-    device_id: str
-    topic: str
-    payload: bytes
-    retained: bool
-    response_topic: str | None
-    correlation_data: bytes | None
 
 
 class ConfigWriter:
@@ -100,15 +97,17 @@ class ConfigWriter:
         self.enabled = settings.config_writes
         self.config_dir = settings.config_dir
         self.max_bytes = settings.max_config_bytes
-        self.group = settings.provision_shared_group or None
-        if self.group is not None and any(ch in self.group for ch in "/+#\x00"):
-            raise SetupError(
-                f"provision_shared_group {self.group!r} must not contain '/', '+' or '#'"
-            )
+        self.intake = RequestIntake(
+            "config_write",
+            topics.filter(TopicKind.CONFIG_SET),
+            settings.provision_shared_group,
+            subscription_ids=(WRITES_SUBSCRIPTION_ID, RETAINED_SCAN_SUBSCRIPTION_ID),
+            capacity=QUEUE_CAPACITY,
+            topic_prefix=topics.root + "/devices/",
+            topic_suffix="/config/set",
+        )
         self.on_answered: Callable[[ConfigWriteErrorCode | None], None] | None = None
         """Metrics hook: called once per answer, ``None`` for ok, else the error code."""
-        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
-        self._accepting = False
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: dict[str, int] = {}
         self._changed: dict[str, asyncio.Future[None]] = {}
@@ -116,24 +115,13 @@ class ConfigWriter:
 
     # -- the dispatcher's side (sync, never blocks) ------------------------------------------
     def on_message(self, match: TopicMatch, message: Message) -> None:
-        if not self._accepting or match.kind is not TopicKind.CONFIG_SET:
-            return
-        ids = message.subscription_ids
-        scan_only = RETAINED_SCAN_SUBSCRIPTION_ID in ids and WRITES_SUBSCRIPTION_ID not in ids
-        if scan_only and not message.retain:
-            return  # a live write seen by the retained scan too: the shared one handles it
-        if message.retain and not message.payload:
-            return  # a retained request cleared (by us, echoed back)
-        self._queue.put_nowait(
-            _Write(
-                match.identifier,
-                message.topic,
-                message.payload,
-                message.retain,
-                message.response_topic,
-                message.correlation_data,
-            )
-        )
+        if match.kind is TopicKind.CONFIG_SET:
+            self.intake.offer(match.identifier, message)
+
+    def on_unmatched(self, message: Message) -> bool:
+        """True when ``message`` is a ``config/set`` with an invalid device id (a retained
+        one is cleared: it would otherwise stay on the broker unanswered for good)."""
+        return self.intake.clear_invalid(message)
 
     def _on_retained(self, device_id: str, payload: bytes) -> None:
         waiting = self._changed.pop(device_id, None)
@@ -142,49 +130,36 @@ class ConfigWriter:
 
     # -- per connection ------------------------------------------------------------------------
     async def start(self, connection: Connection, group: asyncio.TaskGroup) -> None:
-        self._accepting = True
-        for index in range(MAX_WORKERS):
-            group.create_task(self._work(connection), name=f"config-write-worker-{index}")
-        request_filter = self.topics.filter(TopicKind.CONFIG_SET)
-        if self.group is None:
-            await connection.subscribe(
-                request_filter,
-                qos=1,
-                retain_as_published=True,
-                subscription_id=WRITES_SUBSCRIPTION_ID,
-            )
-            return
-        await connection.subscribe(
-            f"$share/{self.group}/{request_filter}",
-            qos=1,
-            retain_as_published=True,
-            retain_handling=2,
-            subscription_id=WRITES_SUBSCRIPTION_ID,
-        )
-        await connection.subscribe(
-            request_filter, qos=0, retain_handling=0, subscription_id=RETAINED_SCAN_SUBSCRIPTION_ID
-        )
-        await connection.unsubscribe(request_filter)
+        await self.intake.start(connection, group, MAX_WORKERS, self._handle, self._busy)
 
-    async def _work(self, connection: Connection) -> None:
-        while True:
-            write = await self._queue.get()
-            await self._handle(connection, write)
-            raise_if_cancelled()
+    async def _busy(self, connection: Connection, write: Request) -> None:
+        """A write that found the queue full: ``internal_error``, retry (module doc)."""
+        failure = WriteRefused(ConfigWriteErrorCode.INTERNAL_ERROR, BUSY_MESSAGE)
+        limit = max_request_bytes(self.max_bytes)
+        request_id = request_id_in(write.payload, limit) or new_request_id()
+        payload = self._refusal(write, request_id, failure)
+        await self._send(connection, write, self._response_topic(write)[0], payload, failure.code)
 
-    # -- one write -----------------------------------------------------------------------------
-    async def _handle(self, connection: Connection, write: _Write) -> None:
-        default_topic = self.topics.config_set_response(write.device_id)
+    def _response_topic(self, write: Request) -> tuple[str, bool]:
+        """Where the answer goes, and whether the asked-for response topic is allowed."""
         asked = write.response_topic
         topic_ok = asked is None or self.topics.is_config_set_response_topic_for(
             write.device_id, asked
         )
-        topic = asked if asked is not None and topic_ok else default_topic
+        if asked is not None and topic_ok:
+            return asked, True
+        return self.topics.config_set_response(write.device_id), topic_ok
+
+    # -- one write -----------------------------------------------------------------------------
+    async def _handle(self, connection: Connection, write: Request) -> None:
+        default_topic = self.topics.config_set_response(write.device_id)
+        topic, topic_ok = self._response_topic(write)
         request_id = ""
         done: PlannedWrite | None = None
         try:
             if write.retained or not topic_ok:
-                request_id = request_id_of(write.payload) or new_request_id()
+                limit = max_request_bytes(self.max_bytes)
+                request_id = request_id_in(write.payload, limit) or new_request_id()
             if write.retained:
                 raise WriteRefused(
                     ConfigWriteErrorCode.RETAINED_REQUEST_REJECTED,
@@ -235,6 +210,23 @@ class ConfigWriter:
             )
             request_id = request_id or new_request_id()
             payload, code = self._refusal(write, request_id, failure), failure.code
+        await self._send(connection, write, topic, payload, code)
+        if done is not None:
+            await self.events.emit(
+                AgentEventName.CONFIG_WRITTEN,
+                device_id=write.device_id,
+                request_id=request_id,
+                sha256=done.sha256,
+            )
+
+    async def _send(
+        self,
+        connection: Connection,
+        write: Request,
+        topic: str,
+        payload: bytes,
+        code: ConfigWriteErrorCode | None,
+    ) -> None:
         await connection.publish(
             topic,
             payload,
@@ -247,15 +239,8 @@ class ConfigWriter:
             await connection.publish(write.topic, b"", qos=1, retain=True)
         if self.on_answered is not None:
             self.on_answered(code)
-        if done is not None:
-            await self.events.emit(
-                AgentEventName.CONFIG_WRITTEN,
-                device_id=write.device_id,
-                request_id=request_id,
-                sha256=done.sha256,
-            )
 
-    def _refusal(self, write: _Write, request_id: str, failure: WriteRefused) -> bytes:
+    def _refusal(self, write: Request, request_id: str, failure: WriteRefused) -> bytes:
         log.info(
             "config_write_refused",
             device_id=write.device_id,

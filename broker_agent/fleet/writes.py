@@ -17,7 +17,6 @@ dependency that the whole config path would then rely on.
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from pydantic import ValidationError
 
 from broker_agent.errors import BrokerAgentError, ConfigFileError
 from broker_agent.fleet.files import FleetSchema
+from broker_agent.mqtt.intake import new_request_id
 from firmware_contracts.codes import ConfigWriteErrorCode
 from firmware_contracts.identifiers import REQUEST_ID_MAX_LENGTH, is_request_id
 from firmware_contracts.json_rules import StrictJsonError, loads_strict
@@ -46,30 +46,20 @@ class WriteRefused(BrokerAgentError):
         return f"WriteRefused({self.code.value!r}, {self.message!r})"
 
 
-def new_request_id() -> str:
-    """The request_id of a write that came without a usable one."""
-    return f"agent-{secrets.token_hex(8)}"
-
-
 @dataclass(frozen=True)
 class WriteRequest:
     request_id: str
     request: ConfigSetRequest
 
 
-def request_id_of(payload: bytes) -> str | None:
-    """The payload's own valid request_id, if it has one (to refuse it by name)."""
-    try:
-        document = loads_strict(payload)
-    except (StrictJsonError, ValueError):
-        return None
-    found = document.get("request_id") if isinstance(document, dict) else None
-    return found if is_request_id(found) else None
+def max_request_bytes(max_bytes: int) -> int:
+    """The largest ``config/set`` payload read at all: more than any config that fits needs."""
+    return 2 * max_bytes + 1024
 
 
 def parse_write(payload: bytes, max_bytes: int) -> WriteRequest:
     """A ``config/set`` payload, or ``WriteRefused`` with the request_id to answer with."""
-    if len(payload) > 2 * max_bytes + 1024:  # more than any config that fits could need
+    if len(payload) > max_request_bytes(max_bytes):
         raise WriteRefused(Code.TOO_LARGE, f"the request is {len(payload)} bytes", new_request_id())
     try:
         document = loads_strict(payload)

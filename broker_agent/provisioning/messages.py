@@ -20,7 +20,6 @@ import base64
 import binascii
 import hashlib
 import json
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker_agent.errors import ProvisionFailure
+from broker_agent.mqtt.intake import new_request_id
 from broker_agent.provisioning.nvs_image import NvsImageError, build_nvs_image
 from broker_agent.provisioning.nvs_keys import nvs_keys_partition
 from firmware_contracts.codes import ProvisionErrorCode
@@ -45,7 +45,6 @@ __all__ = [
     "ok_response",
     "parse_request",
     "parse_response",
-    "request_id_in",
 ]
 
 MAX_REQUEST_BYTES = 4096
@@ -55,11 +54,6 @@ _FIELDS = frozenset({"request_id", "partition_size", "encrypted"})
 _SHOWN_FIELDS = 3
 _SHOWN_FIELD_CHARS = 32
 _INVALID = ProvisionErrorCode.INVALID_REQUEST
-
-
-def new_request_id() -> str:
-    """A request_id for a request that came without a usable one."""
-    return f"agent-{secrets.token_hex(8)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +111,6 @@ def parse_request(payload: bytes) -> ProvisionRequestData:
             ProvisionErrorCode.INVALID_PARTITION_SIZE, problem, request_id=request_id
         )
     return ProvisionRequestData(request_id, size, generated, encrypted)
-
-
-def request_id_in(payload: bytes) -> str | None:
-    """The request's own request_id when it has a valid one (for refusing a retained request)."""
-    if len(payload) > MAX_REQUEST_BYTES:
-        return None
-    document = _json_object(payload)
-    if isinstance(document, str):
-        return None
-    raw_id = document.get("request_id")
-    return raw_id if is_request_id(raw_id) else None
 
 
 def _json_object(payload: bytes) -> dict[str, Any] | str:

@@ -1,51 +1,40 @@
 """The provisioning responder: answers every request on ``{root}/provision/+/request`` once.
 
-Per connection, ``start`` subscribes and starts a fixed pool of worker tasks; the dispatcher
-hands each request to ``on_message``, which only queues it (it must not block the dispatcher).
-A worker parses the request, looks up the credentials, builds the NVS image and publishes the
-answer (QoS 1, not retained, expiry 60 s, Correlation Data echoed). The pool bounds how many
-answers are in flight (aiomqtt scans every pending call on each publish, so thousands of
-concurrent publishes cost quadratic time); requests wait in FIFO order behind it.
-
-Subscriptions (MQTT v5 options, each tagged with a Subscription Identifier):
-
-1. ``$share/<group>/{root}/provision/+/request`` (or the plain filter when no group is set),
-   QoS 1, Retain As Published so the retain flag of a live request is visible. With a group,
-   Retain Handling 2: Mosquitto 2.0.11 would otherwise hand every retained request to every
-   shared subscriber at subscribe time.
-2. With a group only: a short look for requests retained *before* we subscribed, which (1) no
-   longer shows. The plain filter is subscribed with Retain Handling 0 (send retained) and
-   Retain As Published off, then unsubscribed at once: the broker queues the retained messages
-   behind the SUBACK, before the UNSUBACK, so they all arrive. Only retained copies from this
-   subscription are acted on; a live request that reaches us through it as well during those
-   milliseconds carries the retain flag cleared and is left to (1). Keeping (2) for the
-   session's life would instead deliver every request twice to every replica.
+Per connection, ``start`` starts a fixed pool of worker tasks and subscribes, both through the
+shared request intake (``mqtt/intake.py``: the subscriptions and their measured why, the
+look for requests retained before we subscribed, the bounded queue). A worker parses the
+request, looks up the credentials, builds the NVS image and publishes the answer (QoS 1, not
+retained, expiry 60 s, Correlation Data echoed). The pool bounds how many answers are in flight
+(aiomqtt scans every pending call on each publish, so thousands of concurrent publishes cost
+quadratic time); requests wait in FIFO order behind it, at most ``QUEUE_CAPACITY`` of them;
+past that a request is answered ``internal_error`` ("busy, retry") at once.
 
 A retained request is refused with ``retained_request_rejected`` and then cleared (an empty
-retained publish, which comes back to us retained and empty and is ignored).
+retained publish, which comes back to us retained and empty and is ignored). A retained
+message under ``{root}/provision/`` that is no valid request (an invalid device id) is cleared
+unanswered (``on_unmatched``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from broker_agent.errors import BrokerUnavailableError, ProvisionFailure, SetupError
+from broker_agent.errors import ProvisionFailure
 from broker_agent.events import AgentEvents
 from broker_agent.logs import get_logger
-from broker_agent.mqtt import Connection, Message, raise_if_cancelled, shared_filter
+from broker_agent.mqtt import Connection, Message
+from broker_agent.mqtt.intake import Request, RequestIntake, new_request_id, request_id_in
 from broker_agent.provisioning.credentials import CredentialStore
 from broker_agent.provisioning.messages import (
+    MAX_REQUEST_BYTES,
     build_image,
     error_response,
-    new_request_id,
     ok_response,
     parse_request,
-    request_id_in,
 )
 from broker_agent.provisioning.nvs_keys import NvsKeyStore
 from broker_agent.settings import AgentSettings
@@ -59,18 +48,11 @@ RETAINED_SCAN_SUBSCRIPTION_ID = 2
 MAX_WORKERS = 32
 """Replies in flight at once. The work is CPU-bound and a PUBACK takes well under a
 millisecond on a LAN, so more workers only lengthen aiomqtt's per-publish pending-call scans."""
-_BACKLOG_WARNING = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    device_id: str
-    topic: str
-    payload: bytes
-    retained: bool
-    response_topic: str | None
-    correlation_data: bytes | None
-    received: float = field(default_factory=time.monotonic)  # for the reply-latency metric
+QUEUE_CAPACITY = 10_000
+"""Requests waiting at most. One responder was CPU-bound at ~340 us a request (measured,
+notes/mosquitto-and-mqtt.md), so a full queue is ~3.4 s of work: answered well inside a
+requester's default 10 s timeout. A longer queue would only answer requesters that gave up."""
+BUSY_MESSAGE = "the agent is busy (too many requests queued); retry in a few seconds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,136 +77,74 @@ class ProvisioningResponder:
             settings.secrets_dir, settings.config_dir, issue=settings.issue_credentials
         )
         self.concurrency = min(settings.publish_concurrency, MAX_WORKERS)
-        self.group = settings.provision_shared_group or None
-        if self.group is not None and any(ch in self.group for ch in "/+#\x00"):
-            raise SetupError(
-                f"provision_shared_group {self.group!r} must not contain '/', '+' or '#'"
-            )
-        # One queue for the agent's life: requests received (and acknowledged) before a
-        # reconnect are answered by the next session's workers instead of being dropped.
-        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self._accepting = False
-        self._backlog_warned = False
-        self._connection: Connection | None = None
-        self._clearing: set[asyncio.Task[None]] = set()
-        self._request_prefix = self.topics.root + "/provision/"
+        self.intake = RequestIntake(
+            "provision",
+            topics.filter(TopicKind.PROVISION_REQUEST),
+            settings.provision_shared_group,
+            subscription_ids=(REQUESTS_SUBSCRIPTION_ID, RETAINED_SCAN_SUBSCRIPTION_ID),
+            capacity=QUEUE_CAPACITY,
+            topic_prefix=topics.root + "/provision/",
+        )
         self.on_reply: Callable[[ProvisionErrorCode | None, float], None] | None = None
         """Told each reply's code (None: ok) and seconds since its request arrived (metrics)."""
 
     # -- the dispatcher's side (sync, never blocks) ------------------------------------------
     def on_message(self, match: TopicMatch, message: Message) -> None:
-        queue = self._queue
-        if not self._accepting or match.kind is not TopicKind.PROVISION_REQUEST:
-            return
-        payload = message.payload
-        subscriptions = message.subscription_ids
-        if (
-            RETAINED_SCAN_SUBSCRIPTION_ID in subscriptions
-            and REQUESTS_SUBSCRIPTION_ID not in subscriptions
-            and not message.retain
-        ):
-            return  # a live request seen by the retained scan too: the shared one answers it
-        if message.retain and not payload:
-            return  # a cleared retained request (ours, echoed back)
-        queue.put_nowait(
-            _Request(
-                match.identifier,
-                message.topic,
-                payload,
-                message.retain,
-                message.response_topic,
-                message.correlation_data,
-            )
-        )
-        if queue.qsize() > _BACKLOG_WARNING and not self._backlog_warned:
-            self._backlog_warned = True
-            log.warning("provision_backlog", queued=queue.qsize(), workers=self.concurrency)
+        if match.kind is TopicKind.PROVISION_REQUEST:
+            self.intake.offer(match.identifier, message)
 
     def on_unmatched(self, message: Message) -> None:
-        """A retained message under ``{root}/provision/`` that is no valid request: clear it.
+        """A message no handler takes: a retained one under ``{root}/provision/`` is cleared.
 
         A request on a topic with an invalid device_id gets no answer (contract section 3),
         but left retained it would stay on the broker for good (6.5).
         """
-        retained_request = message.retain and message.payload
-        if not (retained_request and message.topic.startswith(self._request_prefix)):
+        if not self.intake.clear_invalid(message):
             log.info("message_ignored", topic=message.topic[:200], reason="not a contract topic")
-            return
-        connection = self._connection
-        if connection is None or not self._accepting:
-            return
-        log.warning("provision_retained_invalid_cleared", topic=message.topic[:200])
-        task = asyncio.get_running_loop().create_task(
-            _clear_retained(connection, message.topic), name="clear-retained-request"
-        )
-        self._clearing.add(task)
-        task.add_done_callback(self._clearing.discard)
 
     # -- per connection ------------------------------------------------------------------------
     async def start(self, connection: Connection, group: asyncio.TaskGroup) -> None:
         """Start the workers, then subscribe (so requests are answered as soon as they come)."""
-        queue = self._queue
-        self._accepting = True
-        self._backlog_warned = False
-        self._connection = connection
-        for index in range(self.concurrency):
-            group.create_task(self._work(connection, queue), name=f"provision-worker-{index}")
-        request_filter = self.topics.filter(TopicKind.PROVISION_REQUEST)
-        # a broker without shared subscriptions gets the plain filter (and a warning)
-        subscribe_to = shared_filter(connection.capabilities, self.group, request_filter)
-        if subscribe_to == request_filter:
-            await connection.subscribe(
-                request_filter,
-                qos=1,
-                retain_as_published=True,
-                retain_handling=0,
-                subscription_id=REQUESTS_SUBSCRIPTION_ID,
-            )
-            return
-        await connection.subscribe(
-            subscribe_to,
-            qos=1,
-            retain_as_published=True,
-            retain_handling=2,
-            subscription_id=REQUESTS_SUBSCRIPTION_ID,
-        )
-        await connection.subscribe(
-            request_filter,
-            qos=0,
-            retain_as_published=False,
-            retain_handling=0,
-            subscription_id=RETAINED_SCAN_SUBSCRIPTION_ID,
-        )
-        await connection.unsubscribe(request_filter)
+        await self.intake.start(connection, group, self.concurrency, self._reply, self._busy)
 
     # -- the work ------------------------------------------------------------------------------
-    async def _work(self, connection: Connection, queue: asyncio.Queue[_Request]) -> None:
-        while True:
-            request = await queue.get()
-            answer = await self._answer(request)
-            await connection.publish(
-                answer.topic,
-                answer.payload,
-                qos=1,
-                retain=False,
-                correlation_data=answer.correlation_data,
-                expiry_s=PROVISION_RESPONSE_EXPIRY_S,
-            )
-            if self.on_reply is not None:
-                self.on_reply(answer.code, time.monotonic() - request.received)
-            if answer.clear_retained:
-                await connection.publish(request.topic, b"", qos=1, retain=True)
-            if answer.md5 is not None:
-                await self.events.emit(
-                    AgentEventName.PROVISIONED,
-                    device_id=request.device_id,
-                    partition_size=answer.partition_size,
-                    md5=answer.md5,
-                    request_id=answer.request_id,
-                )
-            raise_if_cancelled()  # aiomqtt's wait_for may have swallowed a cancel
+    async def _reply(self, connection: Connection, request: Request) -> None:
+        await self._publish(connection, request, await self._answer(request))
 
-    async def _answer(self, request: _Request) -> _Answer:
+    async def _busy(self, connection: Connection, request: Request) -> None:
+        request_id = request_id_in(request.payload, MAX_REQUEST_BYTES) or new_request_id()
+        failure = ProvisionFailure(ProvisionErrorCode.INTERNAL_ERROR, BUSY_MESSAGE)
+        topic = self.topics.provision_response(request.device_id)
+        if request.response_topic is not None and self.topics.is_response_topic_for(
+            request.device_id, request.response_topic
+        ):
+            topic = request.response_topic
+        answer = self._refusal(request, topic, request_id, failure, clear_retained=request.retained)
+        await self._publish(connection, request, answer)
+
+    async def _publish(self, connection: Connection, request: Request, answer: _Answer) -> None:
+        await connection.publish(
+            answer.topic,
+            answer.payload,
+            qos=1,
+            retain=False,
+            correlation_data=answer.correlation_data,
+            expiry_s=PROVISION_RESPONSE_EXPIRY_S,
+        )
+        if self.on_reply is not None:
+            self.on_reply(answer.code, time.monotonic() - request.received)
+        if answer.clear_retained:
+            await connection.publish(request.topic, b"", qos=1, retain=True)
+        if answer.md5 is not None:
+            await self.events.emit(
+                AgentEventName.PROVISIONED,
+                device_id=request.device_id,
+                partition_size=answer.partition_size,
+                md5=answer.md5,
+                request_id=answer.request_id,
+            )
+
+    async def _answer(self, request: Request) -> _Answer:
         """The one answer to a request; any failure becomes an error answer."""
         device_id = request.device_id
         default_topic = self.topics.provision_response(device_id)
@@ -238,7 +158,7 @@ class ProvisioningResponder:
         request_id: str | None = None
         try:
             if request.retained:
-                request_id = request_id_in(request.payload) or new_request_id()
+                request_id = request_id_in(request.payload, MAX_REQUEST_BYTES) or new_request_id()
                 return self._refusal(
                     request,
                     topic,
@@ -250,7 +170,7 @@ class ProvisioningResponder:
                     clear_retained=True,
                 )
             if topic_refused:
-                request_id = request_id_in(request.payload) or new_request_id()
+                request_id = request_id_in(request.payload, MAX_REQUEST_BYTES) or new_request_id()
                 return self._refusal(
                     request,
                     topic,
@@ -299,7 +219,7 @@ class ProvisioningResponder:
 
     def _refusal(
         self,
-        request: _Request,
+        request: Request,
         topic: str,
         request_id: str,
         failure: ProvisionFailure,
@@ -322,8 +242,3 @@ class ProvisioningResponder:
             clear_retained=clear_retained,
             code=failure.code,
         )
-
-
-async def _clear_retained(connection: Connection, topic: str) -> None:
-    with contextlib.suppress(BrokerUnavailableError):  # the next session finds it again
-        await connection.publish(topic, b"", qos=1, retain=True)
