@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import structlog
 
+from broker_agent.app import run_agent
 from broker_agent.broker.process import free_port
 from broker_agent.errors import BrokerUnavailableError, SetupError
 from broker_agent.mqtt import BrokerUrl, SubscriptionRefusedError, make_connection
 from broker_agent.settings import MqttSettings
 from tests.mqtt.conftest import MakeBroker
+from tests.support.agent import agent_settings
 from tests.support.broker import Broker
 
 SETTINGS = MqttSettings()
@@ -155,3 +159,54 @@ async def test_a_refused_subscription_raises_with_its_reason(
     assert (0x87, "Not authorized") == (caught.value.code, caught.value.reason)
     [refused] = [e for e in logs if e["event"] == "subscription_refused"]
     assert ("0x87", "iot/devices/+/config") == (refused["code"], refused["topic_filter"])
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_ctrl") is None, reason="needs mosquitto_ctrl")
+async def test_the_agent_stops_on_a_refused_subscription_instead_of_reconnecting(
+    make_broker: MakeBroker, tmp_path: Path
+) -> None:
+    denying = make_broker(*dynsec_broker_text(tmp_path).splitlines())
+    (tmp_path / "configs").mkdir()
+    settings = agent_settings(denying.url, tmp_path / "configs", http_listen="")
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(BaseExceptionGroup) as caught:
+        await asyncio.wait_for(run_agent(settings), 15)
+
+    refused = caught.value.subgroup(SubscriptionRefusedError)
+    assert refused is not None
+    assert 1 == len([e for e in logs if e["event"] == "broker_connected"])  # no second attempt
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_ctrl") is None, reason="needs mosquitto_ctrl")
+def test_a_refused_subscription_exits_2_with_one_line_saying_why(
+    make_broker: MakeBroker, tmp_path: Path
+) -> None:
+    denying = make_broker(*dynsec_broker_text(tmp_path).splitlines())
+    (tmp_path / "configs").mkdir()
+    env = {**os.environ, "BROKER_AGENT_HTTP_LISTEN": "", "BROKER_AGENT_LOG_LEVEL": "error"}
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broker_agent.cli",
+            "run",
+            "--broker-url",
+            denying.url,
+            "--config-dir",
+            str(tmp_path / "configs"),
+            "--agent-id",
+            "t-refused",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+
+    last = result.stderr.strip().splitlines()[-1]
+    assert 2 == result.returncode
+    assert last.startswith("broker-agent: error: the broker refused the subscription to ")
+    assert last.endswith("Not authorized (0x87)")
