@@ -30,21 +30,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
-import paho.mqtt.client as paho
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker_agent.errors import BrokerUnavailableError, SetupError
 from broker_agent.logs import get_logger
 from broker_agent.mqtt.capabilities import LARGEST_PROVISIONING_REPLY, BrokerCapabilities
+from broker_agent.mqtt.library import ReportingClient, SubscriptionRefusedError, reason_of
 from broker_agent.mqtt.properties import publish_properties, subscription_properties
 from broker_agent.mqtt.urls import BrokerUrl, BrokerUrls
 from broker_agent.settings import MqttSettings
 
 log = get_logger(__name__)
 
-__all__ = ["BrokerUrl", "BrokerUrls", "Connection", "Message", "Will", "make_connection"]
+__all__ = [
+    "BrokerUrl",
+    "BrokerUrls",
+    "Connection",
+    "Message",
+    "SubscriptionRefusedError",
+    "Will",
+    "make_connection",
+]
 
 
 @dataclass(frozen=True)
@@ -113,68 +120,7 @@ def _routing_queue(route: Route) -> type[RoutingQueue]:
     return type("BoundRoutingQueue", (RoutingQueue,), {"route": staticmethod(route)})
 
 
-class SubscriptionRefusedError(SetupError):
-    """The broker refused a SUBSCRIBE (SUBACK reason code 0x80 or above)."""
-
-    def __init__(self, topic_filter: str, code: int, reason: str) -> None:
-        super().__init__(
-            f"the broker refused the subscription to {topic_filter}: {reason} (0x{code:02X})"
-        )
-        self.topic_filter = topic_filter
-        self.code = code
-        self.reason = reason
-
-
-def _reason(code: Any) -> tuple[str, str]:
-    """A reason code as (``0x95``, ``Packet too large``); paho hands ints for local errors."""
-    if isinstance(code, ReasonCode):
-        return f"0x{code.value:02X}", str(code)
-    if isinstance(code, int):
-        return f"{code}", paho.error_string(code)
-    return str(code), str(code)
-
-
-class _Client(aiomqtt.Client):
-    """aiomqtt's client, also keeping the CONNACK properties and logging the broker's DISCONNECT.
-
-    aiomqtt drops both; these overrides of its paho callbacks record them and hand on.
-    """
-
-    connack_properties: Properties | None = None
-    url_display: str = ""
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None = None,
-    ) -> None:
-        self.connack_properties = properties
-        super()._on_connect(client, userdata, flags, reason_code, properties)
-
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None = None,
-    ) -> None:
-        if flags.is_disconnect_packet_from_server:
-            code, name = _reason(reason_code)
-            log.warning(
-                "broker_sent_disconnect",
-                url=self.url_display,
-                code=code,
-                reason=name,
-                reason_string=getattr(properties, "ReasonString", None),
-            )
-        super()._on_disconnect(client, userdata, flags, reason_code, properties)
-
-
-ClientFactory = Callable[[BrokerUrl], _Client]
+ClientFactory = Callable[[BrokerUrl], ReportingClient]
 
 
 class Connection:
@@ -199,7 +145,7 @@ class Connection:
         self.capabilities = BrokerCapabilities()
         self._build = build
         self._require_features = require_features
-        self._client: _Client | None = None
+        self._client: ReportingClient | None = None
 
     @property
     def url(self) -> BrokerUrl:
@@ -231,7 +177,7 @@ class Connection:
             return self
         raise BrokerUnavailableError(f"cannot connect to {'; '.join(failures)}")
 
-    async def _check_capabilities(self, client: _Client, url: BrokerUrl) -> None:
+    async def _check_capabilities(self, client: ReportingClient, url: BrokerUrl) -> None:
         self.capabilities = BrokerCapabilities.from_connack(client.connack_properties)
         problem = self.capabilities.required_problem()
         if problem is not None and self._require_features:
@@ -334,7 +280,7 @@ class Connection:
         for code in granted:
             value = code.value if isinstance(code, ReasonCode) else int(code)
             if value >= 0x80:
-                reason = _reason(code)[1]
+                reason = reason_of(code)[1]
                 log.error(
                     "subscription_refused",
                     topic_filter=topic_filter,
@@ -392,7 +338,7 @@ def make_connection(
     urls = BrokerUrls.parse(url) if isinstance(url, str) else url
     password = settings.password()
 
-    def build(broker: BrokerUrl) -> _Client:
+    def build(broker: BrokerUrl) -> ReportingClient:
         tls_context: ssl.SSLContext | None = None
         if broker.scheme == "mqtts":
             tls_context = ssl.create_default_context(
@@ -404,7 +350,7 @@ def make_connection(
         socket_options: list[tuple[int, int, int]] = []
         if broker.scheme != "unix":
             socket_options.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
-        client = _Client(
+        client = ReportingClient(
             broker.path if broker.scheme == "unix" else broker.host,
             broker.port,
             transport="unix" if broker.scheme == "unix" else "tcp",
