@@ -122,6 +122,7 @@ class Agent:
                 self.settings.http_listen,
                 console=self._console_settings(),
                 broker_url=self.broker_url,
+                beside_agent=True,
             )
             group.create_task(self.watcher.run(), name="config-watcher")
             auth_sync = BrokerAuthSync.from_agent(self.settings)

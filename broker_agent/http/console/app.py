@@ -8,6 +8,11 @@ console reachable from other machines without an operator login refuses to start
 Every console answer carries ``Content-Security-Policy: default-src 'self'`` (scripts and
 styles only from this server: no inline script, so an injected string cannot run),
 ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``; API answers are ``no-store``.
+
+``mount_console_off(server, reason)`` is the console's place when it may not run (beside an
+agent that would have to share its MQTT account, ``http/embed.py``): ``GET /``, every
+``/console`` page and every console API path answer 503 ``{"error": {"code": "console_off",
+"message": reason}}``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,21 @@ _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+def mount_console_off(server: HttpServer, reason: str) -> None:
+    """Answer the console's paths with why it is off (see the module doc)."""
+
+    async def console_off() -> JSONResponse:
+        return ConsoleError(503, "console_off", reason).response()
+
+    for path in ("/", "/console", "/console/{rest:path}", "/api/{rest:path}"):
+        server.app.add_api_route(
+            path,
+            console_off,
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            include_in_schema=False,
+        )
 
 
 def mount_console(

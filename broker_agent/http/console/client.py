@@ -22,6 +22,7 @@ the response subscription).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from typing import Any
@@ -31,6 +32,7 @@ from broker_agent.http.console.model import FLUSH_INTERVAL_S, ConsoleModel
 from broker_agent.logs import get_logger
 from broker_agent.mqtt import (
     Backoff,
+    BrokerUrls,
     Connection,
     Message,
     PendingAnswers,
@@ -61,14 +63,32 @@ class ConsoleClient:
         self.requester = ImageRequester(self.topics, self.scope, settings.console_request_timeout_s)
         self.connected = asyncio.Event()
         self._connection: Connection | None = None
+        self.failure: str | None = None
+        """Set when the console stopped for good (beside the agent: it keeps running)."""
         self._answers = PendingAnswers()
         self._station_prefix = f"{self.topics.root}/stations/"
+
+    @property
+    def own_account(self) -> bool:
+        s = self.settings
+        return s.console_mqtt_username is not None or s.console_mqtt_password_file is not None
+
+    @property
+    def broker_urls(self) -> BrokerUrls:
+        """The broker's URLs; with the console's own account, without a URL's credentials
+        (a URL's user name wins over the settings', and would be the agent's account)."""
+        urls = BrokerUrls.parse(self.broker_url)
+        if not self.own_account:
+            return urls
+        return BrokerUrls(
+            tuple(dataclasses.replace(u, username=None, password=None) for u in urls.urls)
+        )
 
     @property
     def mqtt_settings(self) -> ConsoleSettings:
         """The console's own account when one is configured, else the shared MQTT settings."""
         s = self.settings
-        if s.console_mqtt_username is None and s.console_mqtt_password_file is None:
+        if not self.own_account:
             return s
         return s.model_copy(
             update={
@@ -107,7 +127,7 @@ class ConsoleClient:
         handlers[TopicKind.CONFIG_SET_RESPONSE] = self._on_answer
         router = Router(self.topics, handlers, unmatched=self._on_unmatched)
         return make_connection(
-            self.mqtt_settings, self.broker_url, client_id=self.scope, route=router
+            self.mqtt_settings, self.broker_urls, client_id=self.scope, route=router
         )
 
     def _on_answer(self, match: TopicMatch, message: Message) -> None:
@@ -119,6 +139,14 @@ class ConsoleClient:
         if topic.startswith(self._station_prefix) and "/flash/response/" in topic:
             station_id = topic[len(self._station_prefix) :].split("/", 1)[0]
             self.model.on_flash_event(station_id, message.payload)
+
+    def failed(self, error: BaseException) -> None:
+        """The console stopped for good; its API answers 503 with this from now on."""
+        self.connected.clear()
+        self._connection = None
+        self.requester.detach()
+        self.failure = f"the console stopped: {error}"[:500]
+        log.error("console_failed", error=str(error)[:500], error_type=type(error).__name__)
 
     def _disconnected(self, error: Exception, delay: float) -> None:
         self.connected.clear()
@@ -165,7 +193,7 @@ class ConsoleClient:
     def _live(self) -> Connection:
         connection = self._connection
         if connection is None:
-            raise NotConnectedError("the console is not connected to the broker")
+            raise NotConnectedError(self.failure or "the console is not connected to the broker")
         return connection
 
     async def write_config(self, device_id: str, request: dict[str, Any]) -> dict[str, Any]:
