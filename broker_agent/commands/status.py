@@ -12,7 +12,9 @@ reader rather than paho: 100,000 devices in 4.8 s where paho alone took 41 s on 
 loaded machine (docs/benchmarks.md).
 
 Output: a table (device, state, presence, config and acked sha256 shortened, age, error), or
-``--json``; ``--watch`` keeps the connection and redraws as retained messages change.
+``--json``; ``--watch`` reads the same way on one ordinary connection (the snapshot reader
+cannot stay for live updates, and a second connection on one account is kicked off under the
+production profile), keeps it and redraws as retained messages change.
 Exit status: 1 when a shown device is ``failed``, 2 for setup errors (bad options, broker
 unreachable, no answer), else 0.
 """
@@ -32,8 +34,9 @@ from typing import Any
 
 from broker_agent.commands.provision import request_scope
 from broker_agent.errors import BrokerUnavailableError, SetupError
+from broker_agent.fleet.publisher import RETAINED_READ_TIMEOUT_S
 from broker_agent.fleet.state import Device, FleetView
-from broker_agent.mqtt import make_connection
+from broker_agent.mqtt import Message, make_connection
 from broker_agent.mqtt.retained import read_retained
 from broker_agent.settings import MqttSettings
 from firmware_contracts.codes import DevicePresence, FleetState
@@ -168,8 +171,20 @@ _STYLES = {
 }
 
 
+def printable(text: str) -> str:
+    """``text`` as a terminal can show it: a lone surrogate (which no encoder takes; the strict
+    parser already refuses them, this is the last line) becomes U+FFFD, any other character
+    that is not printable (escape sequences, new lines) a space."""
+    return "".join(
+        ch if ch.isprintable() else "\ufffd" if "\ud800" <= ch <= "\udfff" else " " for ch in text
+    )
+
+
 def render_table(devices: list[Device], now: float) -> Any:
+    """The table; every value from a device is plain ``Text``, never rich markup (an ack's
+    ``[/x]`` raised ``MarkupError`` and ended ``status``)."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{len(devices)} devices", title_justify="left")
     for name in ("device", "state", "presence", "config", "acked", "age", "error"):
@@ -178,13 +193,13 @@ def render_table(devices: list[Device], now: float) -> Any:
         data = row(device, now)
         state = data["state"] or "-"
         table.add_row(
-            data["device_id"],
-            f"[{_STYLES.get(state, '')}]{state}[/]",
-            data["presence"],
-            (data["config_sha256"] or "-")[:SHORT_SHA],
-            (data["acked_sha256"] or "-")[:SHORT_SHA],
-            human_age(data["age_s"]),
-            data["error"] or "",
+            Text(data["device_id"]),
+            Text(state, style=_STYLES.get(state, "")),
+            Text(data["presence"]),
+            Text(printable(data["config_sha256"] or "-")[:SHORT_SHA]),
+            Text(printable(data["acked_sha256"] or "-")[:SHORT_SHA]),
+            Text(human_age(data["age_s"])),
+            Text(printable(data["error"] or "")),
         )
     return table
 
@@ -236,34 +251,46 @@ def status_command(args: argparse.Namespace, settings: MqttSettings) -> int:
 
 
 async def _watch(settings: MqttSettings, url: str, selection: Selection) -> int:
-    """Live updates subscribed first (no retained copies), then the snapshot: a message that
-    arrives while the snapshot runs is newer than what the snapshot read, so applying both in
-    arrival order ends in the current state."""
+    """One connection, as the agent reads the fleet: subscribe (retained copies first, then
+    live changes, in arrival order), publish a marker and wait for it to come back, then redraw
+    on changes. One connection because under the production profile
+    (``use_username_as_clientid``) a second one on the same account has the same client id,
+    and each connect kicked the other off (it was a live connection plus a snapshot one)."""
     from rich.live import Live
 
     topics = Topics(settings.topic_root)
     view = FleetView(settings.pending_grace_s)
     route = fleet_route(topics, view)
+    marker = marker_topic(settings, url)
+    nonce = secrets.token_hex(8).encode()
+    synced = asyncio.Event()
+
+    def on_message(message: Message) -> None:
+        if message.topic == marker:
+            if message.payload == nonce:
+                synced.set()
+        else:
+            route(message.topic, message.payload)
+
     connection = make_connection(
-        settings,
-        url,
-        client_id=f"status-{secrets.token_hex(6)}",
-        route=lambda message: route(message.topic, message.payload),
+        settings, url, client_id=f"status-{secrets.token_hex(6)}", route=on_message
     )
     async with connection:
         lost = asyncio.create_task(connection.wait_disconnected(), name="status-connection")
         try:
+            # a SUBACK waits behind the retained messages before it (fleet/publisher.py)
             for topic_filter in fleet_filters(topics):
-                await connection.subscribe(topic_filter, qos=0, retain_handling=2)
-            await read_retained(
-                settings,
-                url,
-                fleet_filters(topics),
-                route,
-                client_id=f"status-{secrets.token_hex(6)}",
-                marker_topic=marker_topic(settings, url),
-                timeout=READ_TIMEOUT_S,
-            )
+                await connection.subscribe(topic_filter, qos=0, timeout=RETAINED_READ_TIMEOUT_S)
+            await connection.subscribe(marker, qos=0, timeout=RETAINED_READ_TIMEOUT_S)
+            await connection.publish(marker, nonce, qos=0)
+            try:
+                async with asyncio.timeout(RETAINED_READ_TIMEOUT_S):
+                    await synced.wait()
+            except TimeoutError:
+                raise BrokerUnavailableError(
+                    f"the marker on {marker} did not come back within "
+                    f"{RETAINED_READ_TIMEOUT_S:g} s (may this account read and write it?)"
+                ) from None
             shown, drawn_at = -1, 0.0
             with Live(auto_refresh=False) as live:
                 while not lost.done():

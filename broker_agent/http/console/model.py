@@ -18,7 +18,6 @@ acks costs each open page one message, not 10,000.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from typing import Any
 from broker_agent.fleet.state import Device, FleetView
 from broker_agent.http.console.hints import hint_for
 from firmware_contracts.codes import FlashStatus
+from firmware_contracts.json_rules import loads_strict
 
 RECENT_EVENTS = 1000
 RECENT_JOBS_PER_STATION = 20
@@ -45,9 +45,15 @@ def redacted(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json(payload: bytes) -> dict[str, Any] | None:
+    """A retained or live payload's JSON object under the contract's rules (6.5), or None.
+
+    Strict, because what a device publishes reaches the API's answers: a lone surrogate
+    (``"\\ud800"``) that plain ``json.loads`` accepts made every answer holding it fail to
+    encode (a 500 for the fleet page), and ``NaN`` is no JSON a browser can read.
+    """
     try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):
+        document = loads_strict(payload)
+    except (ValueError, RecursionError):  # StrictJsonError is a ValueError
         return None
     return document if isinstance(document, dict) else None
 
