@@ -216,7 +216,8 @@ class BrokerCheck:
                     writer, (OutgoingMessage(t, b"", qos=self.qos, retain=True) for t in topics)
                 )
         status: Status = "ok" if got == BULK_COUNT else "failed"
-        return status, f"read back {got:,} of {BULK_COUNT:,} at QoS 0"
+        hint = f" (may this account read and write {self.prefix}/#?)" if got == 0 else ""
+        return status, f"read back {got:,} of {BULK_COUNT:,} at QoS 0{hint}"
 
     async def _read_retained(self, topic_filter: str, url: str | None = None) -> int:
         inbox = Inbox()
