@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.support.broker import PROJECT, Broker
 from tests.support.conformance import ConformanceMonitor
@@ -23,6 +25,23 @@ os.environ.setdefault("BROKER_AGENT_HTTP_LISTEN", "")
 # PROJECT and Broker live in tests/support/broker.py; they stay importable from here until
 # tests/station/test_station.py and tests/commands/test_flash.py import them from there.
 __all__ = ["PROJECT", "Broker", "broker"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults and the root logger as it found it.
+
+    A test that runs the CLI in-process calls ``configure_logging`` (the ``status`` command
+    sets the level to warning and caches its loggers), which hid a later test's debug events
+    from ``structlog.testing.capture_logs`` (seen: the responder's ``provisioned`` log test
+    failed only when run after the status tests).
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_configure(config: pytest.Config) -> None:
