@@ -152,6 +152,13 @@ class Connection:
         return self.urls.current
 
     @property
+    def inflight_limit(self) -> int:
+        """QoS>0 publishes in flight at once: ours (1000), or the broker's Receive Maximum."""
+        if self._client is None:
+            raise BrokerUnavailableError("not connected")
+        return self._client.inflight_limit
+
+    @property
     def client(self) -> aiomqtt.Client:
         if self._client is None:
             raise BrokerUnavailableError("not connected")

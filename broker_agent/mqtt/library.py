@@ -1,9 +1,10 @@
 """aiomqtt's client, keeping what it drops: the CONNACK properties and the broker's DISCONNECT.
 
 aiomqtt 2.5 receives both from paho and discards them; ``ReportingClient`` overrides its two
-paho callbacks to keep the CONNACK properties (``Connection.capabilities`` is read from them)
-and to log every DISCONNECT the broker sends with its reason code and name, then hands on to
-aiomqtt. Also here: the error a refused SUBSCRIBE raises.
+paho callbacks to keep the CONNACK properties (``Connection.capabilities`` is read from them),
+to lower paho's in-flight limit to the broker's Receive Maximum, and to log every DISCONNECT
+the broker sends with its reason code and name, then hands on to aiomqtt. Also here: the error
+a refused SUBSCRIBE raises.
 """
 
 from __future__ import annotations
@@ -60,7 +61,19 @@ class ReportingClient(aiomqtt.Client):
         properties: Properties | None = None,
     ) -> None:
         self.connack_properties = properties
+        receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        if receive_maximum and client.max_inflight_messages > receive_maximum:
+            # MQTT v5 3.3.4: never more QoS>0 publishes in flight than the broker's Receive
+            # Maximum (other brokers disconnect with 0x93; Mosquitto tolerates it). paho 2.2
+            # ignores it and refuses to change its limit on an open connection; at CONNACK
+            # nothing is in flight yet, so its field is set directly.
+            client._max_inflight_messages = receive_maximum
         super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    @property
+    def inflight_limit(self) -> int:
+        """QoS>0 publishes paho lets be in flight at once on this connection."""
+        return self._client.max_inflight_messages
 
     def _on_disconnect(
         self,

@@ -71,6 +71,18 @@ async def test_capabilities_come_from_the_connack(make_broker: MakeBroker) -> No
     assert (100_000, 7, True) == (caps.maximum_packet_size, caps.receive_maximum, caps.retain)
 
 
+async def test_publishes_in_flight_stay_within_the_receive_maximum(
+    make_broker: MakeBroker,
+) -> None:
+    small = make_broker("max_inflight_messages 7")
+
+    async with make_connection(SETTINGS, small.url, client_id="t-inflight") as connection:
+        limit = connection.inflight_limit
+        await asyncio.gather(*(connection.publish(f"t/{i}", b"x", qos=1) for i in range(50)))
+
+    assert 7 == limit
+
+
 async def test_a_small_packet_limit_is_warned_about(make_broker: MakeBroker) -> None:
     limited = make_broker("max_packet_size 100000")
 
