@@ -16,7 +16,7 @@ from tests.fleet.test_config_writes import ask, requester, retained_config
 from tests.support.agent import agent_settings, running_agent
 from tests.support.broker import Broker
 from tests.support.mqtt import client_for, eventually, retained_snapshot
-from tests.support.no_shared_broker import no_shared_broker
+from tests.support.mqtt_proxy import no_shared_broker
 
 pytestmark = pytest.mark.timeout(60)
 

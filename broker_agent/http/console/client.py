@@ -13,6 +13,11 @@ reconnecting like every service (``run_forever_connected``). Per session it subs
   ``.../provision/+/response/{scope}/+``, ``scope`` being the console id, so a production ACL
   can give the operator account exactly those.
 
+The answer subscriptions come first and the retained ones last, with the fleet tracker's long
+SUBACK timeout (``RETAINED_READ_TIMEOUT_S``): a SUBACK arrives after the retained messages of
+the subscriptions before it, and with 100,000 devices that took longer than aiomqtt's 10 s
+default, so the console timed out, reconnected and read the flood again, forever.
+
 Actions are plain contract publishes: ``config/set`` (MQTT v5 request/response, answered by an
 agent after the retained config is published), provisioning requests (the one
 ``ImageRequester``), flash requests and cancels (fire and forget; the job's events arrive on
@@ -28,6 +33,7 @@ import secrets
 from typing import Any
 
 from broker_agent.errors import BrokerUnavailableError
+from broker_agent.fleet.publisher import RETAINED_READ_TIMEOUT_S
 from broker_agent.http.console.model import FLUSH_INTERVAL_S, ConsoleModel
 from broker_agent.logs import get_logger
 from broker_agent.mqtt import (
@@ -159,6 +165,12 @@ class ConsoleClient:
         t = self.topics
         async with asyncio.TaskGroup() as group:
             group.create_task(connection.wait_disconnected(), name="console-connection")
+            # the answers first: their SUBACKs then do not queue behind the retained flood
+            await connection.subscribe(f"{t.filter(TopicKind.FLASH_RESPONSE)}/#", qos=1)
+            await connection.subscribe(
+                f"{t.filter(TopicKind.CONFIG_SET_RESPONSE)}/{self.scope}/+", qos=1
+            )
+            await self.requester.attach(connection)
             for kind in (
                 TopicKind.DEVICE_CONFIG,
                 TopicKind.DEVICE_CONFIG_APPLIED,
@@ -167,12 +179,9 @@ class ConsoleClient:
                 TopicKind.AGENT_EVENTS,
                 TopicKind.STATION_STATUS,
             ):
-                await connection.subscribe(t.filter(kind), qos=0)
-            await connection.subscribe(f"{t.filter(TopicKind.FLASH_RESPONSE)}/#", qos=1)
-            await connection.subscribe(
-                f"{t.filter(TopicKind.CONFIG_SET_RESPONSE)}/{self.scope}/+", qos=1
-            )
-            await self.requester.attach(connection)
+                # each SUBACK waits behind the retained messages before it: aiomqtt's 10 s
+                # default expired at 100,000 devices and the console reconnected forever
+                await connection.subscribe(t.filter(kind), qos=0, timeout=RETAINED_READ_TIMEOUT_S)
             self._connection = connection
             self.connected.set()
             raise_if_cancelled()
