@@ -104,6 +104,7 @@ class BrokerCheck:
         self.nonce = secrets.token_hex(4)
         self._count = 0
         self.qos = 1  # 0 on a broker that has only QoS 0, so the other checks can still run
+        self.summary = ""  # what the CONNACK announced, one line
 
     def connect(
         self, inbox: Inbox, *, url: str | None = None, will: Will | None = None
@@ -123,6 +124,11 @@ class BrokerCheck:
         inbox = Inbox()
         async with self.connect(inbox) as first:
             caps = first.capabilities
+            packet = f"{caps.maximum_packet_size:,} B" if caps.maximum_packet_size else "no limit"
+            self.summary = (
+                f"broker   {first.url.display()}: maximum QoS {caps.maximum_qos}, receive "
+                f"maximum {caps.receive_maximum}, maximum packet size {packet}"
+            )
         self.qos = min(1, caps.maximum_qos)
         verdicts = [
             _flag(
@@ -403,6 +409,7 @@ def check_broker_command(args: argparse.Namespace, settings: MqttSettings) -> in
     except BrokerUnavailableError as exc:
         print(f"failed   connect: {exc}")
         return 1
+    print(check.summary)
     for verdict in verdicts:
         print(verdict.line())
     short = [v.name for v in verdicts if v.required and v.status != "ok"]

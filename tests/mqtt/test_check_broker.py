@@ -49,6 +49,7 @@ def test_the_project_mosquitto_passes_and_exits_0(broker: Broker, tmp_path: Path
     assert 0 == result.returncode, result.stdout + result.stderr
     assert 10 == len([line for line in lines if line.startswith("ok ")])
     assert "usable for broker-agent" in lines[-1]
+    assert lines[0].endswith("receive maximum 100, maximum packet size no limit")
 
 
 def test_an_unreachable_broker_exits_1_with_one_failed_line(tmp_path: Path) -> None:

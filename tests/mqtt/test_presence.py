@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 from broker_agent.mqtt import Connection, Message, Presence, make_connection
-from broker_agent.settings import MqttSettings
+from broker_agent.settings import MqttSettings, StationSettings
 from tests.mqtt.conftest import MakeBroker
 from tests.support.agent import agent_settings, running_agent
 from tests.support.broker import Broker
+from tests.support.station import running_station
 
 SETTINGS = MqttSettings()
 TOPIC = "iot/agents/t/status"
@@ -102,3 +103,22 @@ async def test_the_agent_announces_with_the_configured_expiry(
 
     assert got is not None and got.expiry_s is not None
     assert 30 <= got.expiry_s <= 40
+
+
+async def test_the_station_announces_with_the_configured_expiry(
+    broker: Broker, tmp_path: Path
+) -> None:
+    settings = StationSettings(
+        broker_url=broker.url,
+        station_id="bench-expiry",
+        manufacturing_log=tmp_path / "manufacturing.jsonl",
+        presence_expiry_s=50,
+        presence_refresh_s=20,
+        http_listen="",
+    )
+
+    async with running_station(settings):
+        got = await retained(broker.url, f"{broker.root}/stations/bench-expiry/status")
+
+    assert got is not None and got.expiry_s is not None
+    assert 40 <= got.expiry_s <= 50
