@@ -12,6 +12,13 @@ settings, TLS with the same CA rules as ``make_connection``, unix sockets), SUBS
 also subscribed to last, then every PUBLISH until the marker is back: the broker queues the
 retained messages of each subscription before it routes the marker. Then DISCONNECT. Each URL
 of a list is tried once, in order. Failures are ``BrokerUnavailableError``.
+
+Every SUBACK is read: a filter the broker refuses (return code 0x80, e.g. an ACL that does not
+let this account read it) is a ``SubscriptionRefusedError`` (a ``SetupError``) naming the
+filter. Unchecked, a refused filter silently gave a partial snapshot (a ``status`` table
+without acks, every device ``stale``). Incoming bytes collect in one ``bytearray`` consumed
+from the front: ``data = data + chunk`` copied everything read so far on every read, which
+is quadratic in the size of a large message.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import ssl
 from collections.abc import Callable, Sequence
 
 from broker_agent.errors import BrokerUnavailableError
+from broker_agent.mqtt.client import SubscriptionRefusedError
 from broker_agent.mqtt.urls import BrokerUrl, BrokerUrls
 from broker_agent.settings import MqttSettings
 
@@ -143,12 +151,12 @@ async def _snapshot(
     await writer.drain()
     marker = marker_topic.encode()
     count = 0
-    data = b""
+    data = bytearray()
     while True:
         chunk = await reader.read(_CHUNK)
         if not chunk:
             raise BrokerUnavailableError("the broker closed the connection during the snapshot")
-        data = data + chunk if data else chunk
+        data += chunk
         at, end = 0, len(data)
         while at + 1 < end:
             # fixed header: type/flags, then the remaining length (1-4 bytes, 7 bits each)
@@ -167,9 +175,9 @@ async def _snapshot(
             first = data[at]
             if first >> 4 == 3:  # PUBLISH
                 topic_end = cursor + 2 + int.from_bytes(data[cursor : cursor + 2], "big")
-                topic = data[cursor + 2 : topic_end]
+                topic = bytes(data[cursor + 2 : topic_end])
                 payload_at = topic_end + (2 if first & 0x06 else 0)  # a packet id at QoS > 0
-                payload = data[payload_at : cursor + length]
+                payload = bytes(data[payload_at : cursor + length])
                 if topic == marker:
                     if payload == nonce:
                         writer.write(b"\xe0\x00")  # DISCONNECT
@@ -178,5 +186,16 @@ async def _snapshot(
                 else:
                     on_message(topic.decode("utf-8", "replace"), payload)
                     count += 1
+            elif first >> 4 == 9:  # SUBACK: packet id, then one return code
+                _check_suback(data[cursor : cursor + length], topics)
             at = cursor + length
-        data = data[at:]
+        del data[:at]
+
+
+def _check_suback(body: bytes | bytearray, topics: Sequence[str]) -> None:
+    """Raise for a refused subscription (MQTT 3.1.1 return code 0x80)."""
+    packet_id = int.from_bytes(body[:2], "big")
+    for code in body[2:]:
+        if code >= 0x80:
+            topic_filter = topics[packet_id - 1] if 0 < packet_id <= len(topics) else "?"
+            raise SubscriptionRefusedError(topic_filter, code, "refused (not authorized?)")
