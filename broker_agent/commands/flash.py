@@ -3,7 +3,10 @@
 The same job as the station's (``flash_job.run_job``) on a worker thread, with a progress bar
 (phase + percentage; plain lines when stdout is not a terminal). The image comes from the agent
 over MQTT v5 (``ImageRequester``, answers scoped to ``--station-id``) or, with ``--offline``,
-is built here from the secrets directory. Every finished job goes to the manufacturing log.
+is built here from the secrets directory; a board whose table has an ``nvs_keys`` partition
+gets an encrypted image and its keys either way (offline: the device's key under
+``<secrets_dir>/_nvs_keys/``, as the agent keeps it). Every finished job goes to the
+manufacturing log.
 
 Exit status: 0 only when the image was written and its MD5 verified; 1 when the job failed
 (``error: <code>: <message>`` on stderr); 2 for usage and setup errors (``SetupError``).
@@ -40,9 +43,9 @@ from broker_agent.station.job import (
 )
 from broker_agent.station.manufacturing_log import ManufacturingLog
 from broker_agent.station.ports import scan_ports
+from broker_agent.station.targets import NvsImage, NvsTarget
 from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase, FlashStatus
 from firmware_contracts.identifiers import InvalidIdentifierError, check_identifier
-from firmware_contracts.partition_table import PartitionEntry
 from firmware_contracts.payloads import MAC_PATTERN, FlashEvent
 from firmware_contracts.topics import TopicKind, Topics
 
@@ -51,7 +54,7 @@ EXIT_JOB_FAILED = 1
 MIN_BAUD, MAX_BAUD = 9600, 5_000_000
 _MAC = re.compile(MAC_PATTERN)
 
-FetchImage = Callable[[str, PartitionEntry], bytes]
+FetchImage = Callable[[str, NvsTarget], NvsImage]
 JobBody = Callable[[], JobResult]
 Record = Callable[[JobResult], None]
 
@@ -169,9 +172,11 @@ def _offline_settings(args: argparse.Namespace, settings: StationSettings) -> Ag
 
 
 def _offline_fetch(settings: AgentSettings) -> FetchImage:
-    def fetch(device_id: str, partition: PartitionEntry) -> bytes:
+    def fetch(device_id: str, target: NvsTarget) -> NvsImage:
         try:
-            return build_offline_image(settings, device_id, partition.size).data
+            image = build_offline_image(
+                settings, device_id, target.nvs.size, encrypted=target.encrypted
+            )
         except ProvisionFailure as exc:
             raise FlashJobError(
                 FlashErrorCode.PROVISIONING_FAILED,
@@ -179,6 +184,7 @@ def _offline_fetch(settings: AgentSettings) -> FetchImage:
                 FlashPhase.FETCHING_NVS,
                 cause={"code": exc.code.value, "message": exc.message},
             ) from None
+        return NvsImage(image.data, image.nvs_keys)
 
     return fetch
 
@@ -211,8 +217,8 @@ async def _run_online(
     connection = make_connection(settings, url, client_id=client_id, route=router)
     loop = asyncio.get_running_loop()
 
-    def fetch(device_id: str, partition: PartitionEntry) -> bytes:
-        coroutine = fetch_image(requester, device_id, request.request_id, partition.size)
+    def fetch(device_id: str, target: NvsTarget) -> NvsImage:
+        coroutine = fetch_image(requester, device_id, request.request_id, target)
         return call_from_job_thread(loop, coroutine, cancel, FlashPhase.FETCHING_NVS)
 
     result: JobResult | None = None
@@ -257,5 +263,8 @@ def _report(result: JobResult) -> int:
         print(f"ok: {result.device_id} written and verified on {result.request.port}")
     print(f"chip: {outcome.chip_type}  mac: {outcome.mac}")
     print(f"partition: {partition.name} at {partition.offset:#x}, {partition.size} bytes")
+    keys = outcome.nvs_keys
+    if keys is not None:
+        print(f"nvs_keys: {keys.name} at {keys.offset:#x} (image encrypted with its key)")
     print(f"md5: {outcome.md5}")
     return EXIT_OK

@@ -1,27 +1,24 @@
 """Write a device's NVS image onto an ESP32 over a serial port: the one module that drives esptool.
 
-``run_flash_job`` is blocking; the station runs it in a worker thread, one per port. It walks
-the contract's phases (connecting, reading_partition_table, fetching_nvs, writing,
-verifying), reports monotonic progress below 100, and either returns a ``FlashOutcome``
-(the MD5 of the written region matched the image) or raises ``FlashJobError`` with a
-contract error code and the phase it failed in. esptool and pyserial exceptions are
-translated here, once. The serial port is always closed on the way out, so the next job on
-the same port starts clean.
+``run_flash_job`` is blocking; the station runs it in a worker process, one per port
+(``worker.py``), ``broker-agent flash`` on a thread. It walks the contract's phases
+(connecting, reading_partition_table, fetching_nvs, writing, verifying), reports monotonic
+progress below 100, and either returns a ``FlashOutcome`` (the MD5 of every written region
+matched its image) or raises ``FlashJobError`` with a contract error code and the phase it
+failed in. A board with NVS encryption gets two regions (``targets.py``), the encrypted
+``nvs`` image and the ``nvs_keys`` image: ``writing`` covers both writes, ``verifying`` both
+checks. esptool and pyserial exceptions are translated here, once. The serial port is always
+closed on the way out, so the next job on the same port starts clean.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import serial
 import structlog
 from esptool import cmds
 from esptool.util import FatalError, flash_size_bytes
@@ -30,13 +27,20 @@ from broker_agent.errors import FlashJobError
 from broker_agent.station import socket_port
 from broker_agent.station.commands import JobRequest, normalise_mac
 from broker_agent.station.esptool_log import JobLogBinding, bound_to, install
+from broker_agent.station.targets import (
+    ImageMismatch,
+    NvsImage,
+    NvsTarget,
+    Region,
+    find_nvs_target,
+    regions,
+)
 from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase
 from firmware_contracts.partition_table import (
     PARTITION_TABLE_MAX_SIZE,
     PARTITION_TABLE_OFFSET,
     PartitionEntry,
     PartitionTableError,
-    find_nvs_partition,
     parse_partition_table,
 )
 
@@ -52,8 +56,6 @@ PHASE_RANGES: dict[FlashPhase, tuple[int, int]] = {
 }
 
 _ESPTOOL_ERRORS = (FatalError, OSError)  # pyserial's SerialException is an OSError
-_NOT_FOUND_ERRNOS = {errno.ENOENT, errno.ENODEV, errno.ENXIO}
-_BUSY_ERRNOS = {errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK}
 
 logger = structlog.get_logger(__name__)
 
@@ -67,6 +69,7 @@ class FlashProgress:
     chip_type: str | None = None
     mac: str | None = None
     partition: PartitionEntry | None = None
+    encrypted: bool | None = None  # known with the partition: the table has nvs_keys
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class FlashOutcome:
     """The NVS partition now holds the image whose MD5 is ``md5``, verified.
 
     ``skipped``: it held that image already, so nothing was written (the job was not forced).
+    ``nvs_keys``: the keys partition that now holds the image's keys (verified too), for an
+    encrypted image.
     """
 
     chip_type: str
@@ -81,6 +86,11 @@ class FlashOutcome:
     partition: PartitionEntry
     md5: str
     skipped: bool = False
+    nvs_keys: PartitionEntry | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.nvs_keys is not None
 
 
 class _Cancelled(Exception):
@@ -94,9 +104,13 @@ def _describe(exc: BaseException) -> str:
     return " ".join(kept) or type(exc).__name__
 
 
+FetchImage = Callable[[NvsTarget], NvsImage]
+"""Asked once the table is read: the image for that target (encrypted when it has nvs_keys)."""
+
+
 def run_flash_job(
     job: JobRequest,
-    fetch_image: Callable[[PartitionEntry], bytes],
+    fetch_image: FetchImage,
     report: Callable[[FlashProgress], None],
     cancel: threading.Event,
 ) -> FlashOutcome:
@@ -130,7 +144,8 @@ class _FlashRun:
         self.progress = 0
         self.chip_type: str | None = None
         self.mac: str | None = None
-        self.partition: PartitionEntry | None = None
+        self.target: NvsTarget | None = None
+        self._write_span = (0.0, 1.0)  # the share of the writing phase the current write has
         self._write_streamed = False
 
     # -- progress and cancellation -----------------------------------------------------
@@ -144,8 +159,16 @@ class _FlashRun:
         if self._last == (self.phase, self.progress):
             return
         self._last = (self.phase, self.progress)
+        target = self.target
         self._report(
-            FlashProgress(self.phase, self.progress, self.chip_type, self.mac, self.partition)
+            FlashProgress(
+                self.phase,
+                self.progress,
+                self.chip_type,
+                self.mac,
+                target.nvs if target else None,
+                target.encrypted if target else None,
+            )
         )
 
     def _enter(self, phase: FlashPhase) -> None:
@@ -160,10 +183,12 @@ class _FlashRun:
 
     def on_bytes(self, done: int, total: int) -> None:
         """esptool's byte progress, for whatever transfer the current phase runs."""
-        if self.phase in (FlashPhase.READING_PARTITION_TABLE, FlashPhase.WRITING):
+        if self.phase is FlashPhase.READING_PARTITION_TABLE:
             self._advance(done / total)
-        if self.phase is FlashPhase.WRITING and done >= total:
-            self._write_streamed = True
+        elif self.phase is FlashPhase.WRITING:
+            start, share = self._write_span
+            self._advance(start + share * done / total)
+            self._write_streamed = done >= total
 
     def _error(self, code: FlashErrorCode, message: str) -> FlashJobError:
         return FlashJobError(code, message, self.phase)
@@ -178,10 +203,10 @@ class _FlashRun:
 
     # -- the job -----------------------------------------------------------------------
 
-    def execute(self, fetch_image: Callable[[PartitionEntry], bytes]) -> FlashOutcome:
+    def execute(self, fetch_image: FetchImage) -> FlashOutcome:
         try:
             self._enter(FlashPhase.CONNECTING)
-            port = self._open_port()
+            port = socket_port.open_port(self.job.port, ROM_BAUD)
         except _Cancelled:
             raise self._error(FlashErrorCode.ABORTED, "flash job cancelled") from None
         try:
@@ -202,54 +227,30 @@ class _FlashRun:
             with suppress(OSError):
                 port.close()
 
-    def _flash(self, port: Any, fetch_image: Callable[[PartitionEntry], bytes]) -> FlashOutcome:
+    def _flash(self, port: Any, fetch_image: FetchImage) -> FlashOutcome:
         esp = self._connect(port)
         esp = self._start_stub(esp)
         self._enter(FlashPhase.READING_PARTITION_TABLE)
-        partition = self._read_partition_table(esp)
+        target = self._read_partition_table(esp)
         self._enter(FlashPhase.FETCHING_NVS)
-        image = self._fetch(fetch_image, partition)
-        skipped = not self.job.force and self._holds(esp, partition, image)
+        writes = self._fetch(fetch_image, target)
+        skipped = not self.job.force and self._holds(esp, writes)
         if skipped:  # _holds compared the MD5s: that is the verification
             self._enter(FlashPhase.VERIFYING)
-            md5 = hashlib.md5(image, usedforsecurity=False).hexdigest()
         else:
             self._enter(FlashPhase.WRITING)
-            self._write(esp, partition, image)
+            self._write(esp, writes)
             self._enter(FlashPhase.VERIFYING)
-            md5 = self._verify(esp, partition, image)
+            for region in writes:
+                self._verify(esp, region)
         self._cancellable = False  # the image is in flash and verified: the job is done
         self._emit(98)
         self._after(esp)
         self._emit(99)
         assert self.chip_type is not None and self.mac is not None
-        return FlashOutcome(self.chip_type, self.mac, partition, md5, skipped)
-
-    def _open_port(self) -> Any:
-        name = self.job.port
-        if "://" not in name and not Path(name).exists():
-            raise self._error(FlashErrorCode.PORT_NOT_FOUND, f"serial port {name} does not exist")
-        try:
-            if name.lower().startswith("socket://"):
-                port = socket_port.open_url(name, baudrate=ROM_BAUD, exclusive=True)
-            else:
-                port = serial.serial_for_url(
-                    name, baudrate=ROM_BAUD, exclusive=True, do_not_open=True
-                )
-            if sys.platform == "win32":  # as esptool does: keep RTS/DTR from resetting the chip
-                port.rts = False
-                port.dtr = False
-            port.open()
-        except (OSError, ValueError) as exc:
-            code = FlashErrorCode.CONNECT_FAILED
-            if getattr(exc, "errno", None) in _NOT_FOUND_ERRNOS:
-                code = FlashErrorCode.PORT_NOT_FOUND
-            elif getattr(exc, "errno", None) in _BUSY_ERRNOS:
-                code = FlashErrorCode.PORT_BUSY
-            reason = _describe(exc)
-            message = reason if name in reason else f"could not open serial port {name}: {reason}"
-            raise self._error(code, message) from exc
-        return port
+        return FlashOutcome(
+            self.chip_type, self.mac, target.nvs, writes[0].md5, skipped, target.nvs_keys
+        )
 
     def _connect(self, port: Any) -> Any:
         try:
@@ -299,19 +300,18 @@ class _FlashRun:
         self._emit(9)
         return esp
 
-    def _read_partition_table(self, esp: Any) -> PartitionEntry:
+    def _read_partition_table(self, esp: Any) -> NvsTarget:
         code = FlashErrorCode.PARTITION_TABLE_UNREADABLE
         with self._translate(code, "could not read the partition table"):
             cmds.attach_flash(esp)
             flash_size = self._flash_size(esp)
             data = cmds.read_flash(esp, PARTITION_TABLE_OFFSET, PARTITION_TABLE_MAX_SIZE)
         try:
-            entries = parse_partition_table(data)
-            self.partition = find_nvs_partition(entries, flash_size=flash_size)
+            self.target = find_nvs_target(parse_partition_table(data), flash_size=flash_size)
         except PartitionTableError as exc:
             raise self._error(exc.code, exc.message) from exc
         self._emit(19)
-        return self.partition
+        return self.target
 
     def _flash_size(self, esp: Any) -> int | None:
         """The chip's flash size from its JEDEC id (esptool's table); None when unknown.
@@ -324,68 +324,76 @@ class _FlashRun:
             logger.warning("flash_size_unknown", port=self.job.port)
         return int(size) if size is not None else None
 
-    def _fetch(
-        self, fetch_image: Callable[[PartitionEntry], bytes], partition: PartitionEntry
-    ) -> bytes:
-        image = bytes(fetch_image(partition))
+    def _fetch(self, fetch_image: FetchImage, target: NvsTarget) -> list[Region]:
+        image = fetch_image(target)
         self.checkpoint()
-        if len(image) != partition.size:
-            raise self._error(
-                FlashErrorCode.BLOB_SIZE_MISMATCH,
-                f"the NVS image is {len(image)} bytes, the {partition.name!r} partition "
-                f"is {partition.size} bytes",
-            )
+        try:
+            writes = regions(target, image)
+        except ImageMismatch as exc:
+            raise self._error(FlashErrorCode.BLOB_SIZE_MISMATCH, str(exc)) from None
         self._emit(29)
-        return image
+        return writes
 
-    def _holds(self, esp: Any, partition: PartitionEntry, image: bytes) -> bool:
-        """True when the partition already holds ``image`` (its MD5, read by the stub).
+    def _holds(self, esp: Any, writes: list[Region]) -> bool:
+        """True when every region already holds its image (MD5s read by the stub).
 
         A board provisioned before (replugged on a zero-touch bench, or commanded twice) is
-        then not rewritten: the flash is spared an erase cycle and the job a write.
+        then not rewritten: the flash is spared an erase cycle and the job a write. An
+        encrypted image compares too: XTS with the device's one stored key is deterministic,
+        so the agent's image for an unchanged device is byte for byte the one written before.
         """
-        expected = hashlib.md5(image, usedforsecurity=False).hexdigest()
         what = "could not read the partition's MD5 before writing"
         with self._translate(FlashErrorCode.WRITE_FAILED, what):
-            return str(esp.flash_md5sum(partition.offset, partition.size)) == expected
+            return all(self._flash_md5(esp, region) == region.md5 for region in writes)
 
-    def _write(self, esp: Any, partition: PartitionEntry, image: bytes) -> None:
+    def _flash_md5(self, esp: Any, region: Region) -> str:
+        return str(esp.flash_md5sum(region.offset, len(region.data)))
+
+    def _write(self, esp: Any, writes: list[Region]) -> None:
+        """Each region in turn, its byte progress a share of the phase's range by its size."""
+        total, done = sum(len(region.data) for region in writes), 0
+        for region in writes:
+            self._write_span = (done / total, len(region.data) / total)
+            self._write_streamed = False
+            self._write_region(esp, region)
+            done += len(region.data)
+
+    def _write_region(self, esp: Any, region: Region) -> None:
         try:
-            cmds.write_flash(esp, [(partition.offset, image)])
+            cmds.write_flash(esp, [(region.offset, region.data)])
         except _ESPTOOL_ERRORS as exc:
             # write_flash checks the MD5 itself once every byte went out; tell a write that
             # did not stick (verify_failed) from one that broke off (write_failed).
-            if self._write_streamed and self._region_differs(esp, partition, image):
+            if self._write_streamed and self._region_differs(esp, region):
                 self._enter(FlashPhase.VERIFYING)
                 raise self._error(
                     FlashErrorCode.VERIFY_FAILED,
-                    f"the flash at {partition.offset:#x} does not hold the image after "
-                    f"writing: {_describe(exc)}",
+                    f"the flash at {region.offset:#x} ({region.name}) does not hold the image "
+                    f"after writing: {_describe(exc)}",
                 ) from exc
             raise self._error(
                 FlashErrorCode.WRITE_FAILED,
-                f"writing {len(image)} bytes at {partition.offset:#x} failed: {_describe(exc)}",
+                f"writing {len(region.data)} bytes at {region.offset:#x} ({region.name}) "
+                f"failed: {_describe(exc)}",
             ) from exc
 
-    def _region_differs(self, esp: Any, partition: PartitionEntry, image: bytes) -> bool:
+    def _region_differs(self, esp: Any, region: Region) -> bool:
         try:
             esp.flush_input()
-            actual = str(esp.flash_md5sum(partition.offset, partition.size))
+            return self._flash_md5(esp, region) != region.md5
         except _ESPTOOL_ERRORS:
             return False  # the link is gone: it was the write that failed
-        return actual != hashlib.md5(image, usedforsecurity=False).hexdigest()
 
-    def _verify(self, esp: Any, partition: PartitionEntry, image: bytes) -> str:
-        expected = hashlib.md5(image, usedforsecurity=False).hexdigest()
+    def _verify(self, esp: Any, region: Region) -> None:
         with self._translate(FlashErrorCode.VERIFY_FAILED, "could not read back the MD5"):
             esp.flush_input()  # write_flash may have reconnected underneath this loader
-            actual = str(esp.flash_md5sum(partition.offset, partition.size))
-        if actual != expected:
+            actual = self._flash_md5(esp, region)
+        if actual != region.md5:
             raise self._error(
                 FlashErrorCode.VERIFY_FAILED,
-                f"MD5 of the flash at {partition.offset:#x} is {actual}, expected {expected}",
+                f"MD5 of the flash at {region.offset:#x} ({region.name}) is {actual}, "
+                f"expected {region.md5}",
             )
-        return expected
 
     def _after(self, esp: Any) -> None:
         mode = "hard-reset" if self.job.after is FlashAfter.HARD_RESET else "no-reset"

@@ -27,7 +27,8 @@ from broker_agent.errors import FlashJobError, ProvisionFailure, ProvisionTimeou
 from broker_agent.logs import get_logger
 from broker_agent.provisioning.requester import ImageRequester
 from broker_agent.station.commands import JobRequest
-from broker_agent.station.flasher import FlashOutcome, FlashProgress, run_flash_job
+from broker_agent.station.flasher import FetchImage, FlashOutcome, FlashProgress, run_flash_job
+from broker_agent.station.targets import NvsImage, NvsTarget
 from firmware_contracts.codes import FlashErrorCode, FlashPhase, FlashStatus
 from firmware_contracts.partition_table import PartitionEntry
 from firmware_contracts.payloads import (
@@ -48,13 +49,7 @@ DEFAULT_EVENT_INTERVAL_S = 0.1
 _CANCEL_POLL_S = 0.02
 
 Flasher = Callable[
-    [
-        JobRequest,
-        Callable[[PartitionEntry], bytes],
-        Callable[[FlashProgress], None],
-        threading.Event,
-    ],
-    FlashOutcome,
+    [JobRequest, FetchImage, Callable[[FlashProgress], None], threading.Event], FlashOutcome
 ]
 """``run_flash_job`` itself (on the job's thread) or ``worker.ProcessFlasher`` (a child process)."""
 
@@ -64,6 +59,8 @@ class JobResult:
     """How a job ended: ``outcome`` (verified) or ``error``, and what was learnt on the way.
 
     ``device_id`` is the request's, or for a zero-touch job the one its MAC was given.
+    ``encrypted``: the board's table has nvs_keys (an encrypted image with its keys); None
+    when the job failed before the table was read.
     """
 
     request: JobRequest
@@ -74,6 +71,7 @@ class JobResult:
     mac: str | None
     partition: PartitionEntry | None
     duration_s: float
+    encrypted: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -102,6 +100,7 @@ class JobEventStream:
         self.chip_type: str | None = None
         self.mac: str | None = None
         self.partition: PartitionEntry | None = None
+        self.encrypted: bool | None = None
 
     def _event(self, status: FlashStatus, **extra: Any) -> FlashEvent:
         chip = None
@@ -134,6 +133,8 @@ class JobEventStream:
         self.chip_type = report.chip_type or self.chip_type
         self.mac = report.mac or self.mac
         self.partition = report.partition or self.partition
+        if report.encrypted is not None:
+            self.encrypted = report.encrypted
         progress = max(self.progress, report.progress)
         if report.phase == self.phase and progress == self.progress:
             return
@@ -170,7 +171,7 @@ def error_detail(error: FlashJobError) -> FlashErrorDetail:
 
 def run_job(
     request: JobRequest,
-    fetch_image: Callable[[str, PartitionEntry], bytes],
+    fetch_image: Callable[[str, NvsTarget], NvsImage],
     publish: Callable[[FlashEvent], None],
     cancel: threading.Event,
     *,
@@ -181,7 +182,8 @@ def run_job(
 ) -> JobResult:
     """Run one job to its end. BLOCKING: call it on the job's own thread. Never raises.
 
-    ``fetch_image(device_id, partition)`` gets the image. A request without a device_id
+    ``fetch_image(device_id, target)`` gets the image (encrypted, with its keys, when the
+    target has an nvs_keys partition). A request without a device_id
     (zero-touch) needs ``identify(mac) -> device_id``: it is asked once the chip's MAC is
     known, before the image is fetched, and may refuse with ``FlashJobError``.
     """
@@ -191,7 +193,7 @@ def run_job(
     outcome: FlashOutcome | None = None
     error: FlashJobError | None = None
 
-    def fetch(partition: PartitionEntry) -> bytes:
+    def fetch(target: NvsTarget) -> NvsImage:
         if stream.device_id is None:
             if identify is None or stream.mac is None:
                 raise FlashJobError(
@@ -204,7 +206,7 @@ def run_job(
                 mac=stream.mac,
                 device_id=stream.device_id,
             )
-        return fetch_image(stream.device_id, partition)
+        return fetch_image(stream.device_id, target)
 
     try:
         outcome = flasher(request, fetch, stream.on_progress, cancel)
@@ -219,7 +221,7 @@ def run_job(
         )
     if outcome is not None:
         stream.chip_type, stream.mac = outcome.chip_type, outcome.mac
-        stream.partition = outcome.partition
+        stream.partition, stream.encrypted = outcome.partition, outcome.encrypted
     result = JobResult(
         request,
         stream.device_id,
@@ -229,6 +231,7 @@ def run_job(
         stream.mac,
         stream.partition,
         round(time.monotonic() - started, 3),
+        stream.encrypted,
     )
     if record is not None:
         try:
@@ -314,15 +317,18 @@ def call_from_job_thread(
 
 
 async def fetch_image(
-    requester: ImageRequester, device_id: str, request_id: str, partition_size: int
-) -> bytes:
+    requester: ImageRequester, device_id: str, request_id: str, target: NvsTarget
+) -> NvsImage:
     """The agent's image for ``device_id``; raises ``FlashJobError`` (phase fetching_nvs).
 
+    A target with nvs_keys asks for an encrypted image; an answer without its keys (an agent
+    from before NVS encryption ignores ``encrypted``) is ``provisioning_failed``, no cause.
     No answer in time -> ``provisioning_timeout``; the agent's error -> ``provisioning_failed``
     with the agent's error nested as ``cause``.
     """
+    size, encrypted = target.nvs.size, target.encrypted
     try:
-        image = await requester.request(device_id, partition_size, request_id)
+        image = await requester.request(device_id, size, request_id, encrypted=encrypted)
     except ProvisionTimeout as exc:
         raise FlashJobError(
             FlashErrorCode.PROVISIONING_TIMEOUT, exc.message, FlashPhase.FETCHING_NVS
@@ -334,4 +340,11 @@ async def fetch_image(
             FlashPhase.FETCHING_NVS,
             cause={"code": exc.code.value, "message": exc.message},
         ) from None
-    return image.data
+    if encrypted and image.nvs_keys is None:
+        raise FlashJobError(
+            FlashErrorCode.PROVISIONING_FAILED,
+            f"the agent answered with a plain NVS image for {device_id}, this board needs an "
+            "encrypted one (an agent without NVS encryption? update broker-agent run)",
+            FlashPhase.FETCHING_NVS,
+        )
+    return NvsImage(image.data, image.nvs_keys)

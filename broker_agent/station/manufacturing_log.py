@@ -19,7 +19,9 @@ class ManufacturingLog:
     """``<path>``: one JSON object per finished job, appended, fsync'd line by line.
 
     Holds what a production record needs (who, which board, where, which image by MD5, how
-    it ended) and never the image or a credential. Each line is one ``write`` on an
+    it ended) and never the image, its keys or a credential: ``encrypted`` only says whether
+    the board got an encrypted image and its nvs_keys (None when the job failed before the
+    table was read). Each line is one ``write`` on an
     ``O_APPEND`` descriptor, so a station and a ``flash`` command may share the file.
     """
 
@@ -42,6 +44,7 @@ class ManufacturingLog:
             "partition_size": partition.size if partition else None,
             "md5": result.outcome.md5 if result.outcome else None,
             "skipped": result.outcome.skipped if result.outcome else False,
+            "encrypted": result.encrypted,
             "result": "ok" if result.ok else "error",
             "error_code": error.code.value if error else None,
             "error_phase": error.phase.value if error else None,

@@ -29,8 +29,8 @@ from broker_agent.station.job import (
     run_job,
 )
 from broker_agent.station.manufacturing_log import ManufacturingLog
+from broker_agent.station.targets import NvsImage, NvsTarget
 from firmware_contracts.codes import FlashPhase, FlashStatus
-from firmware_contracts.partition_table import PartitionEntry
 from firmware_contracts.payloads import FlashEvent
 
 log = get_logger(__name__)
@@ -135,8 +135,8 @@ class RunningJobs:
         services = self.services
         request_id = job.request.request_id
 
-        def fetch(device_id: str, partition: PartitionEntry) -> bytes:
-            coroutine = fetch_image(services.requester, device_id, request_id, partition.size)
+        def fetch(device_id: str, target: NvsTarget) -> NvsImage:
+            coroutine = fetch_image(services.requester, device_id, request_id, target)
             return call_from_job_thread(loop, coroutine, job.cancel, FlashPhase.FETCHING_NVS)
 
         identity = services.identity

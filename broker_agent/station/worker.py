@@ -18,10 +18,11 @@ Between the parent (the job's thread in the station) and a worker, two one-way p
 message after ``job`` carries the job's sequence number, so nothing of a finished job (a late
 image, a late cancel) reaches the next one:
 
-- parent -> worker: ``("job", seq, JobRequest)``, ``("image", seq, bytes)`` or
+- parent -> worker: ``("job", seq, JobRequest)``, ``("image", seq, NvsImage)`` or
   ``("refused", seq, code, message, phase, cause)`` answering a fetch (the image fetch stays in
-  the parent, where the MQTT session is), ``("cancel", seq)``;
-- worker -> parent: ``("progress", seq, FlashProgress)``, ``("fetch", seq, PartitionEntry)``,
+  the parent, where the MQTT session is; for a board with NVS encryption the image carries its
+  keys image, so the keys cross this pipe, never a log), ``("cancel", seq)``;
+- worker -> parent: ``("progress", seq, FlashProgress)``, ``("fetch", seq, NvsTarget)``,
   then exactly one ``("done", seq, FlashOutcome)`` or ``("failed", seq, code, message, phase,
   cause)``.
 
@@ -48,9 +49,9 @@ from typing import Any
 from broker_agent.errors import FlashJobError
 from broker_agent.logs import LogFormat, configure_logging, get_logger
 from broker_agent.station.commands import JobRequest
-from broker_agent.station.flasher import FlashOutcome, FlashProgress, run_flash_job
+from broker_agent.station.flasher import FetchImage, FlashOutcome, FlashProgress, run_flash_job
+from broker_agent.station.targets import NvsImage, NvsTarget
 from firmware_contracts.codes import FlashErrorCode, FlashPhase
-from firmware_contracts.partition_table import PartitionEntry
 
 log = get_logger(__name__)
 
@@ -178,7 +179,7 @@ class ProcessFlasher:
     def __call__(
         self,
         job: JobRequest,
-        fetch_image: Callable[[PartitionEntry], bytes],
+        fetch_image: FetchImage,
         report: Callable[[FlashProgress], None],
         cancel: threading.Event,
     ) -> FlashOutcome:
@@ -211,7 +212,7 @@ class _Run:
 
     def execute(
         self,
-        fetch_image: Callable[[PartitionEntry], bytes],
+        fetch_image: FetchImage,
         report: Callable[[FlashProgress], None],
         cancel: threading.Event,
     ) -> FlashOutcome:
@@ -250,12 +251,10 @@ class _Run:
             raise self._died() from None
         return message
 
-    def _fetch(
-        self, fetch_image: Callable[[PartitionEntry], bytes], partition: PartitionEntry
-    ) -> tuple[Any, ...]:
+    def _fetch(self, fetch_image: FetchImage, target: NvsTarget) -> tuple[Any, ...]:
         self.phase = FlashPhase.FETCHING_NVS
         try:
-            return ("image", self.sequence, bytes(fetch_image(partition)))
+            return ("image", self.sequence, fetch_image(target))
         except FlashJobError as exc:
             return ("refused", self.sequence, *_fields(exc))
         except Exception as exc:  # as run_flash_job does: the type only, never the message
@@ -336,13 +335,13 @@ def _worker_main(inbox: Connection, outbox: Connection, log_format: LogFormat, l
         sequence, job, cancel = next_job
 
         def fetch(
-            partition: PartitionEntry, sequence: int = sequence, cancel: threading.Event = cancel
-        ) -> bytes:
-            outbox.send(("fetch", sequence, partition))
+            target: NvsTarget, sequence: int = sequence, cancel: threading.Event = cancel
+        ) -> NvsImage:
+            outbox.send(("fetch", sequence, target))
             answer = reader.answer(sequence, cancel)
             if answer[0] != "image":
                 raise _error(answer[2:])
-            image: bytes = answer[2]
+            image: NvsImage = answer[2]
             return image
 
         def report(progress: FlashProgress, sequence: int = sequence) -> None:

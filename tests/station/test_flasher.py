@@ -26,6 +26,7 @@ from broker_agent.simulator import (
 from broker_agent.station.commands import JobRequest
 from broker_agent.station.esptool_log import JobLogBinding, bound_to, install
 from broker_agent.station.flasher import PHASE_RANGES, FlashProgress, run_flash_job
+from broker_agent.station.targets import NvsImage, NvsTarget
 from firmware_contracts.codes import FlashAfter, FlashErrorCode, FlashPhase
 from firmware_contracts.partition_table import PartitionEntry
 
@@ -41,8 +42,8 @@ PHASES_IN_ORDER = [
 ]
 
 
-def image_for(partition: PartitionEntry) -> bytes:
-    return os.urandom(partition.size)  # incompressible: the write streams several blocks
+def image_for(target: NvsTarget) -> NvsImage:
+    return NvsImage(os.urandom(target.nvs.size))  # incompressible: the write streams blocks
 
 
 def start_board(*faults: Fault, mac: str = MAC) -> BoardServer:
@@ -77,7 +78,7 @@ class Recorder:
 
 def flash(
     url: str,
-    fetch: Callable[[PartitionEntry], bytes] = image_for,
+    fetch: Callable[[NvsTarget], NvsImage] = image_for,
     recorder: Recorder | None = None,
     cancel: threading.Event | None = None,
     **spec: Any,
@@ -86,9 +87,10 @@ def flash(
     written: list[bytes] = []
     recorder = recorder or Recorder()
 
-    def fetch_and_keep(partition: PartitionEntry) -> bytes:
-        written.append(fetch(partition))
-        return written[-1]
+    def fetch_and_keep(target: NvsTarget) -> NvsImage:
+        image = fetch(target)
+        written.append(image.data)
+        return image
 
     job = JobRequest("job-1", "kitchen-01", port=url, **spec)
     run_flash_job(job, fetch_and_keep, recorder, cancel or threading.Event())
@@ -129,7 +131,7 @@ def test_outcome_names_chip_partition_and_md5(server: BoardServer) -> None:
         JobRequest(
             "job-1", "kitchen-01", port=server.url, baud=115200, expected_mac="24-0A-C4-12-34-56"
         ),
-        lambda partition: image,
+        lambda target: NvsImage(image),
         Recorder(),
         threading.Event(),
     )
@@ -188,7 +190,7 @@ def test_wrong_image_size_is_refused_before_writing(server: BoardServer) -> None
     before = bytes(server.board.flash)
 
     with pytest.raises(FlashJobError) as caught:
-        flash(server.url, fetch=lambda partition: b"\x00" * (partition.size - 4096))
+        flash(server.url, fetch=lambda target: NvsImage(b"\x00" * (target.nvs.size - 4096)))
 
     assert caught.value.code == FlashErrorCode.BLOB_SIZE_MISMATCH
     assert caught.value.phase == FlashPhase.FETCHING_NVS
@@ -203,7 +205,7 @@ def test_fetch_errors_pass_through_unchanged(server: BoardServer) -> None:
         cause={"code": "unknown_device", "message": "no such device"},
     )
 
-    def refuse(partition: PartitionEntry) -> bytes:
+    def refuse(target: NvsTarget) -> NvsImage:
         raise failure
 
     with pytest.raises(FlashJobError) as caught:
@@ -215,7 +217,7 @@ def test_fetch_errors_pass_through_unchanged(server: BoardServer) -> None:
 def test_unexpected_fetch_failure_is_internal_error_without_its_message(
     server: BoardServer,
 ) -> None:
-    def broken(partition: PartitionEntry) -> bytes:
+    def broken(target: NvsTarget) -> NvsImage:
         raise RuntimeError("client_secret=hunter2")
 
     with pytest.raises(FlashJobError) as caught:
@@ -358,18 +360,21 @@ def test_router_sends_each_threads_progress_to_its_own_job() -> None:
             FlashErrorCode.NVS_PARTITION_OUT_OF_RANGE,
         ),
         (BoardConfig(partitions=encrypted_nvs()), FlashErrorCode.NVS_ENCRYPTION_UNSUPPORTED),
-        (BoardConfig(partitions=with_nvs_keys()), FlashErrorCode.NVS_ENCRYPTION_UNSUPPORTED),
+        (
+            BoardConfig(partitions=encrypted_nvs(with_nvs_keys())),
+            FlashErrorCode.NVS_ENCRYPTION_UNSUPPORTED,
+        ),
     ],
-    ids=["erased", "no-entry", "nvs-past-end", "encrypted-nvs", "nvs-keys"],
+    ids=["erased", "no-entry", "nvs-past-end", "encrypted-nvs", "encrypted-nvs-beside-keys"],
 )
 def test_unusable_tables_are_refused_before_fetching_or_writing(
     config: BoardConfig, code: FlashErrorCode
 ) -> None:
-    fetched: list[PartitionEntry] = []
+    fetched: list[NvsTarget] = []
 
-    def fetch(partition: PartitionEntry) -> bytes:
-        fetched.append(partition)
-        return image_for(partition)
+    def fetch(target: NvsTarget) -> NvsImage:
+        fetched.append(target)
+        return image_for(target)
 
     with BoardServer(SimulatedBoard(config)) as server:
         before = bytes(server.board.flash)
@@ -401,7 +406,10 @@ def test_a_partition_already_holding_the_image_is_not_rewritten(server: BoardSer
     recorder = Recorder()
 
     outcome = run_flash_job(
-        JobRequest("job-1", "kitchen-01", server.url), lambda p: image, recorder, threading.Event()
+        JobRequest("job-1", "kitchen-01", server.url),
+        lambda target: NvsImage(image),
+        recorder,
+        threading.Event(),
     )
 
     assert outcome.skipped
@@ -416,7 +424,7 @@ def test_force_rewrites_a_partition_that_holds_the_image(server: BoardServer) ->
     job = JobRequest("job-1", "kitchen-01", server.url, force=True)
     recorder = Recorder()
 
-    outcome = run_flash_job(job, lambda p: image, recorder, threading.Event())
+    outcome = run_flash_job(job, lambda target: NvsImage(image), recorder, threading.Event())
 
     assert not outcome.skipped
     assert FlashPhase.WRITING in recorder.phases()

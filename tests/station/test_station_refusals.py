@@ -42,7 +42,10 @@ UNUSABLE = {
         "nvs_partition_out_of_range",
     ),
     "encrypted": (BoardConfig(partitions=encrypted_nvs()), "nvs_encryption_unsupported"),
-    "nvs-keys": (BoardConfig(partitions=with_nvs_keys()), "nvs_encryption_unsupported"),
+    "small-keys": (
+        BoardConfig(partitions=with_nvs_keys(size=0x800)),
+        "nvs_encryption_unsupported",
+    ),
 }
 
 

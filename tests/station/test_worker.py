@@ -16,9 +16,9 @@ from broker_agent.errors import FlashJobError
 from broker_agent.simulator import BoardConfig, BoardServer, SimulatedBoard, port_of
 from broker_agent.station.commands import JobRequest
 from broker_agent.station.flasher import FlashProgress
+from broker_agent.station.targets import NvsImage, NvsTarget
 from broker_agent.station.worker import ProcessFlasher
 from firmware_contracts.codes import FlashErrorCode, FlashPhase
-from firmware_contracts.partition_table import PartitionEntry
 from tests.station.harness import Bench, boards, commander
 from tests.support.station import running_station
 
@@ -40,8 +40,8 @@ def server() -> Iterator[BoardServer]:
         yield running
 
 
-def image_for(partition: PartitionEntry) -> bytes:
-    return os.urandom(partition.size)  # incompressible: the write streams several blocks
+def image_for(target: NvsTarget) -> NvsImage:
+    return NvsImage(os.urandom(target.nvs.size))  # incompressible: the write streams blocks
 
 
 def job(server: BoardServer, request_id: str = "w-1") -> JobRequest:
@@ -71,9 +71,9 @@ def test_the_serial_port_is_held_by_another_process_than_the_station(
 ) -> None:
     owners: list[set[int]] = []
 
-    def fetch(partition: PartitionEntry) -> bytes:
+    def fetch(target: NvsTarget) -> NvsImage:
         owners.append(socket_owners(port_of(server.url)))  # the port is open while fetching
-        return image_for(partition)
+        return image_for(target)
 
     outcome = flasher(job(server), fetch, lambda report: None, threading.Event())
 
@@ -107,7 +107,7 @@ def test_a_fetch_error_reaches_the_caller_with_its_cause(
 ) -> None:
     before = bytes(server.board.flash)
 
-    def refuse(partition: PartitionEntry) -> bytes:
+    def refuse(target: NvsTarget) -> NvsImage:
         raise FlashJobError(
             FlashErrorCode.PROVISIONING_FAILED,
             "the agent refused",
@@ -151,10 +151,10 @@ def test_cancel_mid_write_answers_within_a_second_and_frees_the_port(
 def test_a_worker_that_dies_ends_its_job_internal_error_and_the_next_job_works(
     flasher: ProcessFlasher, server: BoardServer
 ) -> None:
-    def kill_the_worker(partition: PartitionEntry) -> bytes:
+    def kill_the_worker(target: NvsTarget) -> NvsImage:
         [holder] = socket_owners(port_of(server.url))
         os.kill(holder, signal.SIGKILL)
-        return image_for(partition)
+        return image_for(target)
 
     with pytest.raises(FlashJobError) as caught:
         flasher(job(server), kill_the_worker, lambda report: None, threading.Event())
@@ -168,9 +168,9 @@ def test_a_worker_that_dies_ends_its_job_internal_error_and_the_next_job_works(
 def test_a_worker_is_reused_by_the_next_job(flasher: ProcessFlasher, server: BoardServer) -> None:
     holders: list[set[int]] = []
 
-    def fetch(partition: PartitionEntry) -> bytes:
+    def fetch(target: NvsTarget) -> NvsImage:
         holders.append(socket_owners(port_of(server.url)))
-        return image_for(partition)
+        return image_for(target)
 
     for request_id in ("w-1", "w-2"):
         flasher(job(server, request_id), fetch, lambda report: None, threading.Event())
@@ -187,10 +187,10 @@ def test_four_jobs_at_once_run_in_four_workers(flasher: ProcessFlasher) -> None:
     inside = threading.Barrier(4)
 
     def run(server: BoardServer) -> None:
-        def fetch(partition: PartitionEntry) -> bytes:
+        def fetch(target: NvsTarget) -> NvsImage:
             holders[server.url] = socket_owners(port_of(server.url))
             inside.wait(20)  # all four hold their port at once
-            return image_for(partition)
+            return image_for(target)
 
         flasher(job(server, server.url[-5:]), fetch, lambda report: None, threading.Event())
 
@@ -216,12 +216,12 @@ def test_a_worker_that_does_not_answer_a_cancel_is_terminated_and_its_port_freed
     cancel = threading.Event()
     frozen: list[int] = []
 
-    def freeze_the_worker_then_cancel(partition: PartitionEntry) -> bytes:
+    def freeze_the_worker_then_cancel(target: NvsTarget) -> NvsImage:
         [holder] = socket_owners(port_of(server.url))
         os.kill(holder, signal.SIGSTOP)  # a worker stuck where no cancel reaches it
         frozen.append(holder)
         cancel.set()
-        return image_for(partition)
+        return image_for(target)
 
     started = time.monotonic()
     with pytest.raises(FlashJobError) as caught:
