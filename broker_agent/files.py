@@ -9,14 +9,20 @@ event loop, so one FIFO stopped the whole fleet, issue 9).
 ``write_atomically``: replacing a file so that readers see the old or the new content, never a
 mix. Used for everything that holds secrets or that another process reads while we write it:
 issued credentials, provisioned images, the broker's password and ACL files.
+
+``locked_directory``: an exclusive ``flock`` on a directory itself (created 0700 if missing),
+so two agents sharing a secrets directory issue a device's credentials or NVS key once; no
+lock file is left behind, and closing the descriptor releases the lock even on a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from broker_agent.errors import FileTooLarge, UnreadableFile
@@ -167,3 +173,15 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600, gid: int | None
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def locked_directory(directory: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``directory`` for the block (blocking; see the module doc)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -22,19 +22,17 @@ never a value, and never quote a file's content.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from broker_agent.errors import ProvisionFailure
-from broker_agent.files import write_atomically
+from broker_agent.files import locked_directory, write_atomically
 from broker_agent.provisioning.secrets import (
     FLEET_FILE,
     FLEET_KEYS,
@@ -134,7 +132,7 @@ class CredentialStore:
     # -- issuing ---------------------------------------------------------------------------
     def _issue(self, device_id: str) -> Mapping[str, str]:
         name = f"{device_id}.json"
-        with self._issue_lock, _locked_directory(self.secrets_dir):
+        with self._issue_lock, locked_directory(self.secrets_dir):
             # Re-read under both locks: another task or process may have issued meanwhile.
             device = self.reader.device(device_id, fresh=True)
             fleet = self.reader.fleet(fresh=True)
@@ -199,15 +197,3 @@ def _exists(path: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-@contextlib.contextmanager
-def _locked_directory(directory: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on the directory itself (no lock files left behind)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock

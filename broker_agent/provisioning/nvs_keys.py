@@ -16,17 +16,13 @@ wrote with its old image. Losing the file means the board's NVS data can never b
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import secrets
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 from broker_agent.errors import ProvisionFailure, RefusedFile
-from broker_agent.files import read_regular_file, write_atomically
+from broker_agent.files import locked_directory, read_regular_file, write_atomically
 from broker_agent.provisioning.nvs_image import NVS_ENCRYPTION_KEY_BYTES
 from firmware_contracts.codes import ProvisionErrorCode
 
@@ -60,7 +56,7 @@ class NvsKeyStore:
         if found is not None:
             return found
         try:
-            with self._locked():
+            with locked_directory(self.directory):
                 found = self._read(path)  # another agent may have made it meanwhile
                 if found is not None:
                     return found
@@ -88,13 +84,3 @@ class NvsKeyStore:
                 f"NVS key file {path.name} is {len(data)} bytes, not {NVS_ENCRYPTION_KEY_BYTES}",
             )
         return data
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
