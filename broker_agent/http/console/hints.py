@@ -18,7 +18,7 @@ HINTS: dict[str, str] = {
     "partition_table_unreadable": "flash the firmware (bootloader + table + app) first",
     "nvs_partition_missing": "the firmware's partitions.csv needs an `nvs` data partition",
     "nvs_subtype_mismatch": "fix partitions.csv (`nvs, data, nvs, ...`)",
-    "nvs_encryption_unsupported": "build the firmware without NVS encryption for provisioning (drop `nvs_keys` and the `encrypted` flag from partitions.csv), or provision this board with ESP-IDF's encrypted NVS tools",  # noqa: E501 - copied verbatim
+    "nvs_encryption_unsupported": "drop the `encrypted` flag from `nvs` and put it on `nvs_keys` in partitions.csv; keep one `nvs_keys` of 4 KiB (`0x1000`) on a sector of its own",  # noqa: E501 - copied verbatim
     "nvs_partition_out_of_range": "the firmware was built for a bigger flash: fix partitions.csv or `CONFIG_ESPTOOLPY_FLASHSIZE`, or use a board with that flash size",  # noqa: E501 - copied verbatim
     "provisioning_failed": "act on the cause: add the device's config/secrets file, fix the partition size",  # noqa: E501 - copied verbatim
     "provisioning_timeout": "start `broker-agent run` on this broker (check `iot/agents/+/status`), then retry",  # noqa: E501 - copied verbatim
