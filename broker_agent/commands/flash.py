@@ -27,7 +27,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
-from broker_agent.errors import BrokerUnavailableError, FlashJobError, ProvisionFailure, SetupError
+from broker_agent.errors import BrokerUnavailableError, ProvisionFailure, SetupError
 from broker_agent.mqtt import BrokerUrls, Router, make_connection
 from broker_agent.provisioning.offline import build_offline_image
 from broker_agent.provisioning.requester import ImageRequester
@@ -39,6 +39,7 @@ from broker_agent.station.job import (
     call_from_job_thread,
     error_detail,
     fetch_image,
+    provisioning_failed,
     run_job,
 )
 from broker_agent.station.manufacturing_log import ManufacturingLog
@@ -178,12 +179,7 @@ def _offline_fetch(settings: AgentSettings) -> FetchImage:
                 settings, device_id, target.nvs.size, encrypted=target.encrypted
             )
         except ProvisionFailure as exc:
-            raise FlashJobError(
-                FlashErrorCode.PROVISIONING_FAILED,
-                f"no NVS image for {device_id} from {settings.secrets_dir} ({exc.code.value})",
-                FlashPhase.FETCHING_NVS,
-                cause={"code": exc.code.value, "message": exc.message},
-            ) from None
+            raise provisioning_failed(device_id, str(settings.secrets_dir), exc) from None
         return NvsImage(image.data, image.nvs_keys)
 
     return fetch

@@ -316,6 +316,17 @@ def call_from_job_thread(
             ) from None
 
 
+def provisioning_failed(device_id: str, source: str, failure: ProvisionFailure) -> FlashJobError:
+    """``provisioning_failed`` (phase fetching_nvs) with the provisioning error as ``cause``;
+    ``source`` says who had no image (the agent, or the secrets directory when offline)."""
+    return FlashJobError(
+        FlashErrorCode.PROVISIONING_FAILED,
+        f"{source} did not provide an NVS image for {device_id} ({failure.code.value})",
+        FlashPhase.FETCHING_NVS,
+        cause={"code": failure.code.value, "message": failure.message},
+    )
+
+
 async def fetch_image(
     requester: ImageRequester, device_id: str, request_id: str, target: NvsTarget
 ) -> NvsImage:
@@ -334,12 +345,7 @@ async def fetch_image(
             FlashErrorCode.PROVISIONING_TIMEOUT, exc.message, FlashPhase.FETCHING_NVS
         ) from None
     except ProvisionFailure as exc:
-        raise FlashJobError(
-            FlashErrorCode.PROVISIONING_FAILED,
-            f"the agent did not provide an NVS image for {device_id} ({exc.code.value})",
-            FlashPhase.FETCHING_NVS,
-            cause={"code": exc.code.value, "message": exc.message},
-        ) from None
+        raise provisioning_failed(device_id, "the agent", exc) from None
     if encrypted and image.nvs_keys is None:
         raise FlashJobError(
             FlashErrorCode.PROVISIONING_FAILED,
