@@ -1,4 +1,8 @@
-"""find_nvs_partition names the real problem of a table (contract 6.5), pure, no board."""
+"""find_nvs_partition names the real problem of a table (contract 6.5), pure, no board.
+
+It is the check for a plain table: a station job asks ``targets.find_nvs_target``, which
+serves a table with ``nvs_keys`` itself (test_targets.py) and passes the rest to it.
+"""
 
 from __future__ import annotations
 

@@ -43,13 +43,17 @@ def test_a_table_with_nvs_keys_targets_both_and_is_encrypted() -> None:
     assert (NVS, KEYS, True) == (target.nvs, target.nvs_keys, target.encrypted)
 
 
-def test_nvs_flagged_encrypted_is_unsupported_with_the_fix() -> None:
-    for entries in (encrypted_nvs(), encrypted_nvs(with_nvs_keys())):
-        error = refusal(entries)
+@pytest.mark.parametrize(
+    "entries",
+    [encrypted_nvs(), encrypted_nvs(with_nvs_keys())],
+    ids=["plain-table", "beside-nvs-keys"],
+)
+def test_nvs_flagged_encrypted_is_unsupported_with_the_fix(entries: list[PartitionEntry]) -> None:
+    error = refusal(entries)
 
-        assert FlashErrorCode.NVS_ENCRYPTION_UNSUPPORTED == error.code
-        assert "not how ESP-IDF uses it" in error.message
-        assert "put it on nvs_keys" in error.message
+    assert FlashErrorCode.NVS_ENCRYPTION_UNSUPPORTED == error.code
+    assert "not how ESP-IDF uses it" in error.message
+    assert "put it on nvs_keys" in error.message
 
 
 def test_two_nvs_keys_partitions_are_unsupported() -> None:
