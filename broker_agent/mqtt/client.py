@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -122,6 +123,15 @@ def _routing_queue(route: Route) -> type[RoutingQueue]:
 
 ClientFactory = Callable[[BrokerUrl], ReportingClient]
 
+_PERMANENT_REFUSALS = {
+    0x9A: "it has no retained messages, which the will, device configs and presence are",
+    0x9B: "it does not take QoS 1, which the will, configs, requests and answers use",
+}
+"""CONNACK refusals that retrying cannot cure: a SetupError (exit 2), not a reconnect loop.
+Measured on Mosquitto 2.0.11: ``retain_available false`` refuses a CONNECT whose will is
+retained with 0x9A, ``max_qos 0`` one whose will is QoS 1 with 0x9B. (Bad credentials and
+``Not authorized`` are retried: the account may be added while we wait.)"""
+
 
 class Connection:
     """An MQTT v5 client: ``async with connection:`` connects; failures are translated.
@@ -172,7 +182,21 @@ class Connection:
             client = self._build(url)
             try:
                 await client.__aenter__()
-            except (aiomqtt.MqttError, OSError) as exc:  # refused, unreachable, TLS, CONNACK
+            except MqttConnectError as exc:
+                permanent = _PERMANENT_REFUSALS.get(getattr(exc.rc, "value", -1))
+                if permanent is not None:
+                    code, name = reason_of(exc.rc)
+                    raise SetupError(
+                        f"the broker at {url.display()} refused the connection: {name} "
+                        f"({code}): {permanent}"
+                    ) from None
+                reason = str(exc)
+                failures.append(f"{url.display()}: {reason}")
+                if len(self.urls) > 1:
+                    log.warning("broker_connect_failed", url=url.display(), error=reason)
+                self.urls.next()
+                continue
+            except (aiomqtt.MqttError, OSError) as exc:  # refused, unreachable, TLS
                 reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
                 failures.append(f"{url.display()}: {reason}")
                 if len(self.urls) > 1:

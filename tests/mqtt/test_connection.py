@@ -16,7 +16,7 @@ import structlog
 from broker_agent.app import run_agent
 from broker_agent.broker.process import free_port
 from broker_agent.errors import BrokerUnavailableError, SetupError
-from broker_agent.mqtt import BrokerUrl, SubscriptionRefusedError, make_connection
+from broker_agent.mqtt import BrokerUrl, SubscriptionRefusedError, Will, make_connection
 from broker_agent.settings import MqttSettings
 from tests.mqtt.conftest import MakeBroker
 from tests.support.agent import agent_settings
@@ -109,6 +109,17 @@ async def test_a_qos0_only_broker_is_refused_with_a_setup_error(make_broker: Mak
 
     with pytest.raises(SetupError, match="QoS 0 only"):
         async with make_connection(SETTINGS, qos0.url, client_id="t-qos0"):
+            pass
+
+
+async def test_a_will_at_qos1_refused_by_a_qos0_broker_is_a_setup_error(
+    make_broker: MakeBroker,
+) -> None:
+    qos0 = make_broker("max_qos 0")
+    will = Will("t/status", b"offline", retain=False, qos=1)
+
+    with pytest.raises(SetupError, match=r"QoS not supported \(0x9B\)"):
+        async with make_connection(SETTINGS, qos0.url, client_id="t-qos0-will", will=will):
             pass
 
 
@@ -222,3 +233,21 @@ def test_a_refused_subscription_exits_2_with_one_line_saying_why(
     assert 2 == result.returncode
     assert last.startswith("broker-agent: error: the broker refused the subscription to ")
     assert last.endswith("Not authorized (0x87)")
+
+
+def test_a_broker_without_retain_makes_the_station_exit_2_with_one_line(
+    make_broker: MakeBroker, tmp_path: Path
+) -> None:
+    no_retain = make_broker("retain_available false")
+    env = {**os.environ, "BROKER_AGENT_HTTP_LISTEN": "", "BROKER_AGENT_LOG_LEVEL": "error"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "broker_agent.cli", "station", "--broker-url", no_retain.url,
+         "--station-id", "t-noretain", "--manufacturing-log", str(tmp_path / "log.jsonl")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env, check=False,
+    )  # fmt: skip
+
+    lines = result.stderr.strip().splitlines()
+    assert (2, 1) == (result.returncode, len(lines))
+    refused = f"the broker at {no_retain.url} refused the connection: Retain not supported (0x9A)"
+    assert lines[0].startswith(f"broker-agent: error: {refused}")
