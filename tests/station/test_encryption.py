@@ -14,11 +14,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from broker_agent.errors import FlashJobError
 from broker_agent.provisioning.nvs_keys import nvs_keys_partition
 from broker_agent.simulator import (
     BoardConfig,
@@ -29,7 +31,11 @@ from broker_agent.simulator import (
     with_nvs_keys,
 )
 from broker_agent.simulator.tables import NVS_KEYS_DEFAULT_OFFSET
+from broker_agent.station.commands import JobRequest
+from broker_agent.station.flasher import FlashProgress, run_flash_job
 from broker_agent.station.station import Station
+from broker_agent.station.targets import NvsImage, NvsTarget
+from firmware_contracts.codes import FlashErrorCode, FlashPhase
 from tests.conftest import PROJECT
 from tests.station.harness import (
     Bench,
@@ -84,6 +90,50 @@ def secret_forms(key: bytes) -> list[bytes]:
     for part in (key, key[:32], key[32:]):
         forms += [part, part.hex().encode(), base64.b64encode(part)]
     return forms
+
+
+# -- the flasher alone (no agent): two writes, one writing phase ------------------------------
+
+
+def test_the_flasher_writes_both_images_with_progress_shared_by_size() -> None:
+    image = NvsImage(os.urandom(0x5000), os.urandom(KEYS_SIZE))  # incompressible: real blocks
+    reports: list[FlashProgress] = []
+    targets: list[NvsTarget] = []
+
+    def fetch(target: NvsTarget) -> NvsImage:
+        targets.append(target)
+        return image
+
+    with boards(encrypted_board()) as [server]:
+        job = JobRequest("enc-1", DEVICE, server.url)
+        outcome = run_flash_job(job, fetch, reports.append, threading.Event())
+        written = nvs_region(server), keys_region(server)
+
+    assert (image.data, image.nvs_keys) == written
+    assert [True] == [target.encrypted for target in targets]
+    assert (0xF000, True) == (getattr(outcome.nvs_keys, "offset", None), outcome.encrypted)
+    writing = [r.progress for r in reports if r.phase is FlashPhase.WRITING]
+    assert sorted(writing) == writing
+    assert {79, 89} <= set(writing)  # nvs done at 5/6 of 30..89, the keys take the rest
+
+
+def test_an_nvs_keys_board_given_no_keys_image_is_refused_before_writing() -> None:
+    with boards(encrypted_board()) as [server]:
+        before = bytes(server.board.flash)
+        with pytest.raises(FlashJobError) as caught:
+            run_flash_job(
+                JobRequest("enc-1", DEVICE, server.url),
+                lambda target: NvsImage(os.urandom(target.nvs.size)),
+                lambda report: None,
+                threading.Event(),
+            )
+        after = bytes(server.board.flash)
+
+    assert (FlashErrorCode.BLOB_SIZE_MISMATCH, FlashPhase.FETCHING_NVS) == (
+        caught.value.code,
+        caught.value.phase,
+    )
+    assert before == after
 
 
 # -- a board with nvs_keys, commanded ---------------------------------------------------------
