@@ -184,11 +184,17 @@ async def test_the_stream_conforms_and_ok_carries_the_md5_of_the_nvs_image(bench
     assert {"offset": 0x9000, "size": 0x5000} == events[-1]["partition"]
 
 
-async def test_neither_events_nor_the_manufacturing_log_hold_the_key(bench: Bench) -> None:
+async def test_neither_events_nor_logs_hold_the_key(
+    bench: Bench, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
     with boards(encrypted_board()) as [server]:
         events = await flash_once(bench, server)
 
-    text = (json.dumps(events) + bench.log_path.read_text()).encode()
+    output = capfd.readouterr()
+    logs = output.out + output.err + caplog.text
+    assert "flash_job_finished" in logs  # the station's and the agent's lines were captured
+    text = (json.dumps(events) + bench.log_path.read_text() + logs).encode()
     assert [] == [form for form in secret_forms(stored_key(bench)) if form in text]
 
 
