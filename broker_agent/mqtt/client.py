@@ -179,9 +179,13 @@ class Connection:
         failures: list[str] = []
         for _ in range(len(self.urls)):
             url = self.urls.current
-            client = self._build(url)
             try:
+                client = self._build(url)
                 await client.__aenter__()
+            except ValueError as exc:  # paho's checks of host, port and credentials
+                # (a UnicodeError's text would quote a character of the password)
+                reason = "credentials that are not UTF-8" if isinstance(exc, UnicodeError) else exc
+                raise SetupError(f"cannot connect to {url.display()}: {reason}") from None
             except MqttConnectError as exc:
                 permanent = _PERMANENT_REFUSALS.get(getattr(exc.rc, "value", -1))
                 if permanent is not None:

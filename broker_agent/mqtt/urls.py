@@ -14,6 +14,10 @@ from urllib.parse import unquote, urlsplit
 
 from broker_agent.errors import SetupError
 
+UNIX_DUMMY_PORT = 1
+"""The port a ``unix://`` URL carries. paho 2.2 checks the port even for ``transport="unix"``
+(``ValueError("Invalid port number.")`` for 0, measured) and never uses it there."""
+
 
 @dataclass(frozen=True)
 class BrokerUrl:
@@ -32,7 +36,7 @@ class BrokerUrl:
             path = parts.path or parts.netloc
             if not path:
                 raise SetupError(f"broker URL {url!r}: unix:// needs a socket path")
-            return cls("unix", "", 0, path=path)
+            return cls("unix", "", UNIX_DUMMY_PORT, path=path)
         if scheme not in ("mqtt", "mqtts"):
             raise SetupError(
                 f"broker URL {redact(url)!r}: scheme must be mqtt://, mqtts:// or unix://"
