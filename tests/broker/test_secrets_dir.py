@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,14 @@ import structlog
 
 from broker_agent.broker.auth_sync import BrokerAuthSettings, BrokerAuthSync
 from broker_agent.broker.passwords import parse_password_file
+from tests.support.secure_broker import running_auth_sync
 
 pytestmark = pytest.mark.timeout(30)  # a blocking read of a FIFO would hang: fail instead
 
 ACCOUNTS = {"agents": {"agent-1": "agent-pw"}}
 
 
-def test_the_sync_completes_with_fifos_and_still_follows_edits(tmp_path: Path) -> None:
+async def test_the_sync_completes_with_fifos_and_still_follows_edits(tmp_path: Path) -> None:
     secrets_dir, config_dir = tmp_path / "secrets", tmp_path / "configs"
     secrets_dir.mkdir()
     config_dir.mkdir()
@@ -29,15 +29,12 @@ def test_the_sync_completes_with_fifos_and_still_follows_edits(tmp_path: Path) -
     auth = BrokerAuthSettings(
         secrets_dir, config_dir, tmp_path / "auth" / "passwd", tmp_path / "auth" / "acl"
     )
-    sync = BrokerAuthSync(auth)
 
     def users() -> set[str]:
         return set(parse_password_file(auth.passwd_file.read_text()))
 
-    async def scenario() -> tuple[set[str], set[str]]:
-        task = asyncio.create_task(sync.run(), name="broker-auth-sync")
-        try:
-            await asyncio.wait_for(sync.ready.wait(), 10)
+    with structlog.testing.capture_logs() as logs:
+        async with running_auth_sync(auth) as sync:
             at_start = users()
             os.mkfifo(secrets_dir / "fifo-2.json")  # while running
             (secrets_dir / "dev-2.json").write_text(json.dumps({"client_secret": "s-2"}))
@@ -45,14 +42,8 @@ def test_the_sync_completes_with_fifos_and_still_follows_edits(tmp_path: Path) -
                 while "dev-2" not in users():
                     sync.synced.clear()
                     await sync.synced.wait()
-            return at_start, users()
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            later = users()
 
-    with structlog.testing.capture_logs() as logs:
-        at_start, later = asyncio.run(scenario())
     assert {"agent-1", "dev-1"} == at_start
     assert {"agent-1", "dev-1", "dev-2"} == later
     refused = {
