@@ -32,7 +32,7 @@ async def converged(url: str, expected: dict[str, str], timeout: float) -> dict[
     return seen
 
 
-def test_an_empty_restarted_broker_gets_every_config_back(
+async def test_an_empty_restarted_broker_gets_every_config_back(
     tmp_path: Path, dirs: tuple[Path, Path], agent_process: AgentProcess
 ) -> None:
     config_dir, _ = dirs
@@ -46,7 +46,7 @@ def test_an_empty_restarted_broker_gets_every_config_back(
     broker.start()
     agent_process.broker_url = broker.url
 
-    async def scenario() -> tuple[dict[str, str], dict[str, str]]:
+    try:
         async with observe(broker.url, agent_process.status_topic) as seen:
             agent_process.start()
             await seen.wait_for(lambda: went_online(seen, agent_process, 0), timeout=30)
@@ -55,10 +55,6 @@ def test_an_empty_restarted_broker_gets_every_config_back(
         broker.data_dir = tmp_path / "broker-2"  # fresh: nothing retained, nothing persisted
         broker.start()
         after = await converged(broker.url, expected, 30)
-        return before, after
-
-    try:
-        before, after = asyncio.run(scenario())
         assert agent_process.alive, agent_process.log_tail()
     finally:
         agent_process.stop()
