@@ -4,7 +4,6 @@ online, reject them, and go on publishing and provisioning."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import uuid
@@ -15,26 +14,23 @@ import pytest
 
 from tests.support.agent_process import AgentProcess, went_online
 from tests.support.broker import Broker
-from tests.support.mqtt import Observer, client_for, observe, v5_properties
+from tests.support.mqtt import Observer, observe, payload_of, v5_properties
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 
 async def provision(url: str, device_id: str) -> dict[str, Any]:
     response_topic = f"iot/provision/{device_id}/response/t-{uuid.uuid4().hex[:8]}"
-    async with client_for(url) as client:
-        await client.subscribe(response_topic, qos=1)
-        await client.publish(
+    async with observe(url, response_topic, qos=1) as replies:
+        await replies.client.publish(
             f"iot/provision/{device_id}/request",
             json.dumps({"request_id": "r-1", "partition_size": 0x5000}),
             qos=1,
             properties=v5_properties(response_topic, b"c"),
         )
-        async with asyncio.timeout(10):
-            async for message in client.messages:
-                reply: dict[str, Any] = json.loads(bytes(message.payload))
-                return reply
-    raise AssertionError("no reply")
+        message = await replies.first_on(response_topic)
+    reply: dict[str, Any] = json.loads(payload_of(message))
+    return reply
 
 
 def unreadable(seen: Observer) -> set[str]:
@@ -45,7 +41,7 @@ def unreadable(seen: Observer) -> set[str]:
     }
 
 
-def test_fifos_at_start_and_while_running_block_nothing(
+async def test_fifos_at_start_and_while_running_block_nothing(
     broker: Broker, dirs: tuple[Path, Path], agent_process: AgentProcess
 ) -> None:
     config_dir, secrets_dir = dirs
@@ -54,24 +50,22 @@ def test_fifos_at_start_and_while_running_block_nothing(
         os.mkfifo(directory / "fifo-1.json")
     agent_process.broker_url = broker.url
 
-    async def scenario() -> tuple[set[str], list[dict[str, Any]]]:
-        async with observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen:
-            agent_process.start()
-            await seen.wait_for(lambda: went_online(seen, agent_process, 0), timeout=30)
-            replies = [await provision(broker.url, "kitchen-01")]
-            for directory in (config_dir, secrets_dir):
-                os.mkfifo(directory / "fifo-2.json")
-            await seen.wait_for(lambda: {"fifo-1.json", "fifo-2.json"} <= unreadable(seen))
-            (config_dir / "kitchen-02.json").write_text(json.dumps({"interval": 60}))
-            await seen.wait_for(lambda: "iot/devices/kitchen-02/config" in seen.latest)
-            replies += [
-                await provision(broker.url, "kitchen-01"),
-                await provision(broker.url, "fifo-1"),
-                await provision(broker.url, "fifo-2"),
-            ]
-            return unreadable(seen), replies
+    async with observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen:
+        agent_process.start()
+        await seen.wait_for(lambda: went_online(seen, agent_process, 0), timeout=30)
+        replies = [await provision(broker.url, "kitchen-01")]
+        for directory in (config_dir, secrets_dir):
+            os.mkfifo(directory / "fifo-2.json")
+        await seen.wait_for(lambda: {"fifo-1.json", "fifo-2.json"} <= unreadable(seen))
+        (config_dir / "kitchen-02.json").write_text(json.dumps({"interval": 60}))
+        await seen.wait_for(lambda: "iot/devices/kitchen-02/config" in seen.latest)
+        replies += [
+            await provision(broker.url, "kitchen-01"),
+            await provision(broker.url, "fifo-1"),
+            await provision(broker.url, "fifo-2"),
+        ]
+        files = unreadable(seen)
 
-    files, replies = asyncio.run(scenario())
     assert agent_process.alive, agent_process.log_tail()
     assert {"fifo-1.json", "fifo-2.json"} <= files
     assert ["ok", "ok"] == [reply["status"] for reply in replies[:2]]
