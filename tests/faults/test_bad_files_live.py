@@ -3,7 +3,6 @@ configs of an agent running as its own process: it stays up and keeps publishing
 
 from __future__ import annotations
 
-import asyncio
 import json
 from functools import partial
 from pathlib import Path
@@ -36,7 +35,7 @@ def retains(seen: Observer, topic: str, config: dict[str, Any]) -> bool:
     )
 
 
-def test_the_bad_file_corpus_does_not_stop_the_agent(
+async def test_the_bad_file_corpus_does_not_stop_the_agent(
     broker: Broker, tmp_path: Path, dirs: tuple[Path, Path], agent_process: AgentProcess
 ) -> None:
     config_dir, _ = dirs
@@ -46,21 +45,19 @@ def test_the_bad_file_corpus_does_not_stop_the_agent(
         (config_dir / f"bad-{kind}.json").write_text(json.dumps({"kind": kind}))
     agent_process.broker_url = broker.url
 
-    async def scenario() -> tuple[dict[str, str], dict[str, bytes]]:
-        async with observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen:
-            agent_process.start()
-            await seen.wait_for(lambda: went_online(seen, agent_process, 0), timeout=30)
-            for kind, (make, _, _) in BAD_FILES.items():
-                make(config_dir / f"bad-{kind}.json", outside)
-            expected = {f"bad-{kind}.json" for kind in BAD_FILES}
-            await seen.wait_for(lambda: expected <= set(rejected_codes(seen)), timeout=20)
-            for round_ in range(3):  # good edits after the storm, each one published
-                (config_dir / "good-1.json").write_text(json.dumps({"round": round_}))
-                topic = "iot/devices/good-1/config"
-                await seen.wait_for(partial(retains, seen, topic, {"round": round_}))
-            return rejected_codes(seen), dict(seen.latest)
+    async with observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen:
+        agent_process.start()
+        await seen.wait_for(lambda: went_online(seen, agent_process, 0), timeout=30)
+        for kind, (make, _, _) in BAD_FILES.items():
+            make(config_dir / f"bad-{kind}.json", outside)
+        expected = {f"bad-{kind}.json" for kind in BAD_FILES}
+        await seen.wait_for(lambda: expected <= set(rejected_codes(seen)), timeout=20)
+        for round_ in range(3):  # good edits after the storm, each one published
+            (config_dir / "good-1.json").write_text(json.dumps({"round": round_}))
+            topic = "iot/devices/good-1/config"
+            await seen.wait_for(partial(retains, seen, topic, {"round": round_}))
+        codes, latest = rejected_codes(seen), dict(seen.latest)
 
-    codes, latest = asyncio.run(scenario())
     assert agent_process.alive, agent_process.log_tail()
     assert {f"bad-{kind}.json": code for kind, (_, code, _) in BAD_FILES.items()} == {
         file: code for file, code in codes.items() if file.startswith("bad-")
