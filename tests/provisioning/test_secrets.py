@@ -3,7 +3,6 @@ that nothing in the secrets directory (a FIFO, a socket, a symlink) blocks or st
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -21,7 +20,7 @@ from broker_agent.provisioning.secrets import SecretsProblem, SecretsReader
 from firmware_contracts.codes import ProvisionErrorCode
 from tests.support.agent import agent_settings, running_agent
 from tests.support.broker import Broker
-from tests.support.mqtt import client_for, v5_properties
+from tests.support.mqtt import observe, payload_of, v5_properties
 
 pytestmark = pytest.mark.timeout(30)  # a blocking read of a FIFO would hang: fail instead
 
@@ -225,22 +224,19 @@ def test_retargeting_a_symlink_is_a_change(dirs: tuple[Path, Path]) -> None:
 async def provision(broker: Broker, device_id: str) -> dict[str, Any]:
     """One v5 request; the single reply that comes back on our own response topic."""
     response_topic = f"iot/provision/{device_id}/response/t-{uuid.uuid4().hex[:8]}"
-    async with client_for(broker.url) as client:
-        await client.subscribe(response_topic, qos=1)
-        await client.publish(
+    async with observe(broker.url, response_topic, qos=1) as replies:
+        await replies.client.publish(
             f"iot/provision/{device_id}/request",
             json.dumps({"request_id": "r-1", "partition_size": 0x5000}),
             qos=1,
             properties=v5_properties(response_topic, b"c-1"),
         )
-        async with asyncio.timeout(10):
-            async for message in client.messages:
-                reply: dict[str, Any] = json.loads(bytes(message.payload))
-                return reply
-    raise AssertionError("no reply")
+        message = await replies.first_on(response_topic)
+    reply: dict[str, Any] = json.loads(payload_of(message))
+    return reply
 
 
-def test_an_agent_with_fifos_in_the_secrets_dir_answers_every_device(
+async def test_an_agent_with_fifos_in_the_secrets_dir_answers_every_device(
     broker: Broker, dirs: tuple[Path, Path]
 ) -> None:
     secrets_dir, config_dir = dirs
@@ -248,15 +244,12 @@ def test_an_agent_with_fifos_in_the_secrets_dir_answers_every_device(
     (secrets_dir / "_fleet.json.swp").write_text("editor artefact")
     settings = agent_settings(broker.url, config_dir, secrets_dir)
 
-    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        async with running_agent(settings):
-            fifo = await provision(broker, "fifo-1")
-            good = await provision(broker, "good-1")
-            os.mkfifo(secrets_dir / "fifo-2.json")  # while running
-            later = await provision(broker, "good-1")
-            return fifo, good, later
+    async with running_agent(settings):
+        fifo = await provision(broker, "fifo-1")
+        good = await provision(broker, "good-1")
+        os.mkfifo(secrets_dir / "fifo-2.json")  # while running
+        later = await provision(broker, "good-1")
 
-    fifo, good, later = asyncio.run(scenario())
     assert ("error", "credentials_unavailable") == (fifo["status"], fifo["error"]["code"])
     assert "is a FIFO" in fifo["error"]["message"]
     assert ("ok", "ok") == (good["status"], later["status"])
