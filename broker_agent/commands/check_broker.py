@@ -187,7 +187,7 @@ class BrokerCheck:
             (
                 f"packet size >= {LARGEST_PROVISIONING_REPLY:,} B",
                 True,
-                "provisioning a large NVS partition (up to 0x100000) gets the agent disconnected",
+                "provisioning a large NVS partition (up to 0x100000) is refused (internal_error)",
                 self.packet_size,
             ),
         ]

@@ -7,7 +7,7 @@ Everything else uses ``Connection`` (publish/subscribe), ``Message`` (incoming),
 broker supports; ``shared_filter`` picks a shared or plain subscription from it.
 """
 
-from broker_agent.mqtt.capabilities import BrokerCapabilities, shared_filter
+from broker_agent.mqtt.capabilities import BrokerCapabilities, publish_packet_size, shared_filter
 from broker_agent.mqtt.client import (
     BrokerUrl,
     BrokerUrls,
@@ -38,6 +38,7 @@ __all__ = [
     "Will",
     "make_connection",
     "publish_many",
+    "publish_packet_size",
     "publish_stream",
     "raise_if_cancelled",
     "run_forever_connected",

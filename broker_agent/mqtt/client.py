@@ -231,7 +231,7 @@ class Connection:
                 "broker_packet_limit_small",
                 url=url.display(),
                 maximum_packet_size=self.capabilities.maximum_packet_size,
-                consequence="provisioning replies larger than this get the agent disconnected",
+                consequence="provisioning replies larger than this are answered internal_error",
             )
 
     def abort(self) -> None:

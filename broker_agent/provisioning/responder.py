@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from broker_agent.errors import ProvisionFailure
 from broker_agent.events import AgentEvents
 from broker_agent.logs import get_logger
-from broker_agent.mqtt import Connection, Message
+from broker_agent.mqtt import Connection, Message, publish_packet_size
 from broker_agent.mqtt.intake import Request, RequestIntake, new_request_id, request_id_in
 from broker_agent.provisioning.credentials import CredentialStore
 from broker_agent.provisioning.messages import (
@@ -123,6 +123,7 @@ class ProvisioningResponder:
         await self._publish(connection, request, answer)
 
     async def _publish(self, connection: Connection, request: Request, answer: _Answer) -> None:
+        answer = self._within_packet_limit(connection, request, answer)
         await connection.publish(
             answer.topic,
             answer.payload,
@@ -143,6 +144,30 @@ class ProvisioningResponder:
                 md5=answer.md5,
                 request_id=answer.request_id,
             )
+
+    def _within_packet_limit(
+        self, connection: Connection, request: Request, answer: _Answer
+    ) -> _Answer:
+        """``answer``, or an ``internal_error`` naming the limit when the broker's Maximum
+        Packet Size is smaller than its PUBLISH: sent anyway, it got the agent disconnected
+        (Mosquitto ``max_packet_size``: 0x95) and the requester got nothing but a timeout."""
+        size = publish_packet_size(
+            answer.topic,
+            answer.payload,
+            correlation_data=answer.correlation_data,
+            expiry_s=PROVISION_RESPONSE_EXPIRY_S,
+        )
+        limit = connection.capabilities.maximum_packet_size
+        if limit is None or connection.capabilities.fits(size):
+            return answer
+        failure = ProvisionFailure(
+            ProvisionErrorCode.INTERNAL_ERROR,
+            f"the reply would be a {size:,}-byte packet, over the broker's maximum packet size "
+            f"of {limit:,} bytes: ask for a smaller partition_size or raise the broker's limit",
+        )
+        return self._refusal(
+            request, answer.topic, answer.request_id, failure, clear_retained=answer.clear_retained
+        )
 
     async def _answer(self, request: Request) -> _Answer:
         """The one answer to a request; any failure becomes an error answer."""
