@@ -4,7 +4,6 @@ and the agent keeps publishing the good edits made after it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ async def good_edit_is_published(config_dir: Path, seen: Observer) -> None:
 
 
 @pytest.mark.parametrize("kind", list(BAD_FILES))
-def test_a_bad_file_is_rejected_and_the_agent_keeps_publishing(
+async def test_a_bad_file_is_rejected_and_the_agent_keeps_publishing(
     broker: Broker, tmp_path: Path, kind: str
 ) -> None:
     make, code, in_message = BAD_FILES[kind]
@@ -53,19 +52,17 @@ def test_a_bad_file_is_rejected_and_the_agent_keeps_publishing(
     outside.mkdir()
     (config_dir / "dev-1.json").write_text(json.dumps(LAST_GOOD))
 
-    async def scenario() -> list[dict[str, Any]]:
-        async with (
-            observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen,
-            running_agent(agent_settings(broker.url, config_dir)),
-        ):
-            await seen.wait_for(lambda: retained_config(seen, DEVICE_TOPIC) == LAST_GOOD)
-            make(config_dir / "dev-1.json", outside)
-            await seen.wait_for(lambda: bool(rejections(seen, "dev-1.json")))
-            await good_edit_is_published(config_dir, seen)
-            assert LAST_GOOD == retained_config(seen, DEVICE_TOPIC)  # neither cleared nor replaced
-            return rejections(seen, "dev-1.json")
+    async with (
+        observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen,
+        running_agent(agent_settings(broker.url, config_dir)),
+    ):
+        await seen.wait_for(lambda: retained_config(seen, DEVICE_TOPIC) == LAST_GOOD)
+        make(config_dir / "dev-1.json", outside)
+        await seen.wait_for(lambda: bool(rejections(seen, "dev-1.json")))
+        await good_edit_is_published(config_dir, seen)
+        assert LAST_GOOD == retained_config(seen, DEVICE_TOPIC)  # neither cleared nor replaced
+        found = rejections(seen, "dev-1.json")
 
-    found = asyncio.run(scenario())
     assert code == found[0]["error"]["code"]
     assert "dev-1" == found[0]["device_id"]
     assert in_message in found[0]["error"]["message"]
@@ -81,31 +78,29 @@ def test_a_bad_file_is_rejected_and_the_agent_keeps_publishing(
     ],
     ids=["invalid-pattern", "invalid-pattern-property", "unresolvable-ref", "schema-not-a-string"],
 )
-def test_an_unusable_schema_is_rejected_and_configs_keep_flowing(
+async def test_an_unusable_schema_is_rejected_and_configs_keep_flowing(
     broker: Broker, tmp_path: Path, schema: dict[str, Any], in_message: str
 ) -> None:
     config_dir = tmp_path / "configs"
     config_dir.mkdir()
     (config_dir / "dev-1.json").write_text(json.dumps(LAST_GOOD))
 
-    async def scenario() -> list[dict[str, Any]]:
-        async with (
-            observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen,
-            running_agent(agent_settings(broker.url, config_dir)),
-        ):
-            await seen.wait_for(lambda: retained_config(seen, DEVICE_TOPIC) == LAST_GOOD)
-            (config_dir / "_schema.json").write_text(json.dumps(schema))
-            await seen.wait_for(lambda: bool(rejections(seen, "_schema.json")))
-            await good_edit_is_published(config_dir, seen)
-            assert LAST_GOOD == retained_config(seen, DEVICE_TOPIC)
-            return rejections(seen, "_schema.json")
+    async with (
+        observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen,
+        running_agent(agent_settings(broker.url, config_dir)),
+    ):
+        await seen.wait_for(lambda: retained_config(seen, DEVICE_TOPIC) == LAST_GOOD)
+        (config_dir / "_schema.json").write_text(json.dumps(schema))
+        await seen.wait_for(lambda: bool(rejections(seen, "_schema.json")))
+        await good_edit_is_published(config_dir, seen)
+        assert LAST_GOOD == retained_config(seen, DEVICE_TOPIC)
+        found = rejections(seen, "_schema.json")
 
-    found = asyncio.run(scenario())
     assert "schema_violation" == found[0]["error"]["code"]
     assert in_message in found[0]["error"]["message"]
 
 
-def test_a_schema_failing_only_for_some_configs_rejects_those_configs(
+async def test_a_schema_failing_only_for_some_configs_rejects_those_configs(
     broker: Broker, tmp_path: Path
 ) -> None:
     """A $ref reached only through one property: the schema loads, that config is rejected."""
@@ -114,37 +109,36 @@ def test_a_schema_failing_only_for_some_configs_rejects_those_configs(
     schema = {"properties": {"extra": {"$ref": "https://schemas.example.invalid/x.json"}}}
     (config_dir / "_schema.json").write_text(json.dumps(schema))
 
-    async def scenario() -> list[dict[str, Any]]:
-        async with (
-            observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen,
-            running_agent(agent_settings(broker.url, config_dir)),
-        ):
-            (config_dir / "dev-1.json").write_text(json.dumps({"extra": 1}))
-            await seen.wait_for(lambda: bool(rejections(seen, "dev-1.json")))
-            await good_edit_is_published(config_dir, seen)
-            assert retained_config(seen, DEVICE_TOPIC) is None
-            return rejections(seen, "dev-1.json")
+    async with (
+        observe(broker.url, "iot/devices/+/config", "iot/agents/#") as seen,
+        running_agent(agent_settings(broker.url, config_dir)),
+    ):
+        (config_dir / "dev-1.json").write_text(json.dumps({"extra": 1}))
+        await seen.wait_for(lambda: bool(rejections(seen, "dev-1.json")))
+        await good_edit_is_published(config_dir, seen)
+        assert retained_config(seen, DEVICE_TOPIC) is None
+        found = rejections(seen, "dev-1.json")
 
-    found = asyncio.run(scenario())
     assert "schema_violation" == found[0]["error"]["code"]
     assert "could not be applied" in found[0]["error"]["message"]
 
 
-def test_a_symlink_inside_the_config_directory_is_published(broker: Broker, tmp_path: Path) -> None:
+async def test_a_symlink_inside_the_config_directory_is_published(
+    broker: Broker, tmp_path: Path
+) -> None:
     config_dir = tmp_path / "configs"
     (config_dir / "shared").mkdir(parents=True)
     (config_dir / "shared" / "base.data").write_text(json.dumps({"from": "link"}))
     (config_dir / "dev-1.json").symlink_to("shared/base.data")
 
-    async def scenario() -> dict[str, Any] | None:
-        async with (
-            observe(broker.url, "iot/devices/+/config") as seen,
-            running_agent(agent_settings(broker.url, config_dir)),
-        ):
-            await seen.wait_for(lambda: DEVICE_TOPIC in seen.latest)
-            return retained_config(seen, DEVICE_TOPIC)
+    async with (
+        observe(broker.url, "iot/devices/+/config") as seen,
+        running_agent(agent_settings(broker.url, config_dir)),
+    ):
+        await seen.wait_for(lambda: DEVICE_TOPIC in seen.latest)
+        found = retained_config(seen, DEVICE_TOPIC)
 
-    assert {"from": "link"} == asyncio.run(scenario())
+    assert {"from": "link"} == found
 
 
 # -- anything at all in a file -----------------------------------------------------------------
