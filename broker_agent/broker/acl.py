@@ -59,11 +59,12 @@ def render_acl(topic_root: str, accounts: ServiceAccounts) -> str:
         out += [
             "",
             f"# Operator {operator}: commands stations, reads presence, events and job streams,",
-            "# reads the fleet state and writes configs through the agents; never provisioning",
-            "# (NVS images hold device secrets). The deny line voids the device patterns.",
+            "# reads the fleet state and writes configs through the agents; provisioning only",
+            "# when listed under provisioners (NVS images hold device secrets). The first deny",
+            "# line voids the device patterns.",
             f"user {operator}",
             f"topic deny {r}/devices/{operator}/#",
-            f"topic deny {r}/provision/#",
+            *_provisioning_lines(r, operator, operator in accounts.provisioners),
             f"topic read {r}/devices/+/config",
             f"topic read {r}/devices/+/config/applied",
             f"topic read {r}/devices/+/status",
@@ -81,3 +82,14 @@ def render_acl(topic_root: str, accounts: ServiceAccounts) -> str:
             "topic read $SYS/#",
         ]
     return "\n".join(out) + "\n"
+
+
+def _provisioning_lines(root: str, operator: str, granted: bool) -> list[str]:
+    if not granted:
+        return [f"topic deny {root}/provision/#"]
+    return [
+        "# listed under provisioners: may fetch NVS images (device credentials), answers only",
+        "# below its own name",
+        f"topic write {root}/provision/+/request",
+        f"topic read {root}/provision/+/response/{operator}/#",
+    ]

@@ -89,6 +89,19 @@ class Role(StrEnum):
 
 
 _ROLE_KEYS = {"agents": Role.AGENT, "stations": Role.STATION, "operators": Role.OPERATOR}
+PROVISIONERS_KEY = "provisioners"
+
+
+def _provisioners(value: object, operators: Mapping[str, str]) -> tuple[frozenset[str], list[str]]:
+    """The ``provisioners`` list: operator names only (and the problems found)."""
+    if value is None:
+        return frozenset(), []
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        return frozenset(), [f"{PROVISIONERS_KEY} must be a list of operator names"]
+    unknown = [name[:64] for name in value if name not in operators]
+    if unknown:
+        return frozenset(), [f"{PROVISIONERS_KEY}: {', '.join(unknown)} not listed under operators"]
+    return frozenset(value), []
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,9 @@ class ServiceAccounts:
     agents: Mapping[str, str] = field(default_factory=dict)
     stations: Mapping[str, str] = field(default_factory=dict)
     operators: Mapping[str, str] = field(default_factory=dict)
+    # operators granted provisioning (an NVS image holds a device's credentials): e.g. the
+    # console's account for its image download; opt-in, listed by name
+    provisioners: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, path: Path) -> ServiceAccounts:
@@ -128,10 +144,13 @@ class ServiceAccounts:
         for key, members in document.items():
             if key.startswith("_"):
                 continue  # comments
+            if key == PROVISIONERS_KEY:
+                continue  # checked below, once every operator is known
             role = _ROLE_KEYS.get(key)
             if role is None:
                 problems.append(
-                    f"{source}: unknown key {key[:32]!r} (use agents, stations, operators)"
+                    f"{source}: unknown key {key[:32]!r} "
+                    "(use agents, stations, operators, provisioners)"
                 )
                 continue
             if not isinstance(members, dict):
@@ -148,12 +167,15 @@ class ServiceAccounts:
                 else:
                     seen[user] = key
                     groups[role][user] = password
+        provisioners = _provisioners(document.get(PROVISIONERS_KEY), groups[Role.OPERATOR])
+        problems += [f"{source}: {problem}" for problem in provisioners[1]]
         if problems:
             raise SetupError("; ".join(problems))
         return cls(
             agents=MappingProxyType(groups[Role.AGENT]),
             stations=MappingProxyType(groups[Role.STATION]),
             operators=MappingProxyType(groups[Role.OPERATOR]),
+            provisioners=provisioners[0],
         )
 
     def passwords(self) -> dict[str, str]:

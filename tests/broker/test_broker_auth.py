@@ -379,3 +379,20 @@ def test_a_pid_file_naming_another_process_is_never_signalled(tmp_path: Path) ->
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_provisioners_must_be_listed_operators() -> None:
+    document = {"operators": {"console-1": "pw"}, "provisioners": ["console-1", "ghost"]}
+    with pytest.raises(SetupError, match="ghost not listed under operators"):
+        ServiceAccounts.parse(document)
+
+
+def test_only_a_provisioner_may_request_images() -> None:
+    accounts = ServiceAccounts.parse(
+        {"operators": {"console-1": "a", "viewer": "b"}, "provisioners": ["console-1"]}
+    )
+    acl = acl_blocks(render_acl("iot", accounts))
+    assert "topic write iot/provision/+/request" in acl["console-1"]
+    assert "topic read iot/provision/+/response/console-1/#" in acl["console-1"]
+    assert "topic deny iot/provision/#" in acl["viewer"]
+    assert not any("provision/+/request" in line for line in acl["viewer"])

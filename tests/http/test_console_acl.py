@@ -94,3 +94,33 @@ async def test_an_operator_account_works_and_a_device_account_cannot(
 async def _sees(http: httpx.AsyncClient, device_id: str) -> bool:
     items = (await http.get("/api/devices")).json()["items"]
     return any(d["device_id"] == device_id for d in items)
+
+
+async def download(http: httpx.AsyncClient, device_id: str) -> httpx.Response:
+    return await http.get(
+        f"/api/devices/{device_id}/provisioning", params={"partition_size": 0x3000}
+    )
+
+
+async def test_only_an_operator_listed_as_provisioner_downloads_an_image(
+    secure_broker: SecureBroker,  # noqa: F811 - the fixture imported above
+) -> None:
+    b = secure_broker
+    agent = agent_settings(
+        f"mqtts://localhost:{b.tls_port}",
+        b.config_dir,
+        b.secrets_dir,
+        agent_id="test-agent",
+        mqtt_username="test-agent",
+        mqtt_password=SecretStr(b.passwords["test-agent"]),
+        ca_file=b.certs.ca_cert,
+        http_listen="",
+    )
+    async with running_agent(agent):
+        async with console_as(b, "console-1", b.passwords["console-1"]) as provisioner:
+            granted = await download(provisioner, "dev-a")
+        async with console_as(b, "operator", b.passwords["operator"]) as operator:
+            denied = await download(operator, "dev-a")
+    assert 200 == granted.status_code, granted.text
+    assert 0x3000 == granted.json()["size"]
+    assert 504 == denied.status_code  # the broker drops the request: no agent hears of it

@@ -47,7 +47,11 @@ SERVICE_ACCOUNTS = {
         "station-1": "st1-" + secrets.token_urlsafe(12),
         "station-2": "st2-" + secrets.token_urlsafe(12),
     },
-    "operators": {"operator": "op-" + secrets.token_urlsafe(12)},
+    "operators": {
+        "operator": "op-" + secrets.token_urlsafe(12),
+        "console-1": "con-" + secrets.token_urlsafe(12),
+    },
+    "provisioners": ["console-1"],
 }
 DEVICE_SECRETS = {"dev-a": secrets.token_urlsafe(24), "dev-b": secrets.token_urlsafe(24)}
 
@@ -212,7 +216,12 @@ def secure_broker(tmp_path: Path, certs: Any) -> Iterator[SecureBroker]:
         pid_file=auth_dir / "mosquitto.pid",
         debounce_ms=20,
     )
-    passwords = {user: pw for group in SERVICE_ACCOUNTS.values() for user, pw in group.items()}
+    passwords = {
+        user: pw
+        for group in SERVICE_ACCOUNTS.values()
+        if isinstance(group, dict)
+        for user, pw in group.items()
+    }
     broker = SecureBroker(
         tmp_path, free_port(), free_port(), certs, auth, {**passwords, **DEVICE_SECRETS}
     )
