@@ -13,12 +13,16 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from broker_agent.errors import SetupError
+from broker_agent.errors import RefusedFile, SetupError
+from broker_agent.files import read_regular_file
+from broker_agent.logs import get_logger
 from firmware_contracts.codes import DEFAULT_PENDING_GRACE_S
 from firmware_contracts.identifiers import check_identifier
 from firmware_contracts.topics import DEFAULT_ROOT, check_root
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+log = get_logger(__name__)
 
 
 def _default_id(prefix: str) -> str:
@@ -92,18 +96,51 @@ class MqttSettings(BaseSettings):
         return self
 
     def password(self) -> str | None:
+        """The MQTT password: the setting, or the first line of the password file.
+
+        The file is read at every (re)connect (a rotated secret is picked up), through
+        ``files.read_regular_file``: a FIFO at that path used to block the event loop for good.
+        A file that cannot be read is a ``SetupError`` the first time (exit 2 at start); once
+        a good password was read, a failed read (a Kubernetes secret mid-rotation) is logged
+        and the last good password is used, so a reconnect never ends the process.
+        """
         if self.mqtt_password is not None:
             return self.mqtt_password.get_secret_value()
-        if self.mqtt_password_file is not None:
-            try:
-                lines = self.mqtt_password_file.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-                raise SetupError(
-                    f"cannot read the MQTT password file {self.mqtt_password_file}: {reason}"
-                ) from None
-            return lines[0] if lines else ""
-        return None
+        path = self.mqtt_password_file
+        if path is None:
+            return None
+        try:
+            return _read_password_file(path)
+        except SetupError as exc:
+            last_good = _LAST_GOOD_PASSWORDS.get(path)
+            if last_good is None:
+                raise
+            log.warning("mqtt_password_file_unreadable", error=str(exc), using="last good password")
+            return last_good
+
+
+MAX_PASSWORD_FILE_BYTES = 4096
+_LAST_GOOD_PASSWORDS: dict[Path, str] = {}
+"""Per password file, the last password read from it (kept in memory only, never logged)."""
+
+
+def _read_password_file(path: Path) -> str:
+    """The first line of ``path``; ``SetupError`` (naming the path, never content) if unreadable."""
+    try:
+        raw, _ = read_regular_file(path, MAX_PASSWORD_FILE_BYTES, inside="/")
+        text = raw.decode("utf-8")
+    except FileNotFoundError:
+        reason = "it does not exist"
+    except RefusedFile as exc:
+        reason = f"it {exc.reason}"
+    except UnicodeDecodeError:
+        reason = "it is not UTF-8 text"
+    else:
+        lines = text.splitlines()
+        password = lines[0] if lines else ""
+        _LAST_GOOD_PASSWORDS[path] = password
+        return password
+    raise SetupError(f"cannot read the MQTT password file {path}: {reason}")
 
 
 def _checked_listen(value: str) -> str:

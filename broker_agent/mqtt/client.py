@@ -34,7 +34,8 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker_agent.errors import BrokerUnavailableError, SetupError
+from broker_agent.errors import BrokerUnavailableError, RefusedFile, SetupError
+from broker_agent.files import read_regular_file
 from broker_agent.logs import get_logger
 from broker_agent.mqtt.capabilities import LARGEST_PROVISIONING_REPLY, BrokerCapabilities
 from broker_agent.mqtt.library import ReportingClient, SubscriptionRefusedError, reason_of
@@ -354,6 +355,42 @@ class Connection:
             raise BrokerUnavailableError(f"connection lost: {exc}") from exc
 
 
+MAX_CA_FILE_BYTES = 4 * 1024 * 1024
+"""A CA bundle larger than this is refused (Debian's whole system bundle is ~220 KB)."""
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """The client TLS context: the system CAs, or ``ca_file``; verification unless insecure.
+
+    ``SetupError`` naming the file when it cannot be used. The CA file is read through
+    ``files.read_regular_file`` (a FIFO there would block the event loop in
+    ``create_default_context``), and ssl's own errors, raw ``OSError`` subclasses, are
+    translated here: they used to escape the reconnect loop and end the process.
+    """
+    cadata: str | None = None
+    if settings.ca_file is not None:
+        try:
+            raw, _ = read_regular_file(settings.ca_file, MAX_CA_FILE_BYTES, inside="/")
+            cadata = raw.decode("ascii")
+        except FileNotFoundError:
+            raise SetupError(f"the CA file {settings.ca_file} does not exist") from None
+        except RefusedFile as exc:
+            raise SetupError(
+                f"cannot use the CA file {settings.ca_file}: it {exc.reason}"
+            ) from None
+        except UnicodeDecodeError:
+            raise SetupError(f"the CA file {settings.ca_file} is not PEM text") from None
+    try:
+        context = ssl.create_default_context(cadata=cadata)
+    except (ssl.SSLError, ValueError) as exc:
+        where = f"the CA file {settings.ca_file}" if settings.ca_file else "the system CAs"
+        raise SetupError(f"cannot load {where}: {exc}") from None
+    if settings.tls_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def make_connection(
     settings: MqttSettings,
     url: str | BrokerUrls,
@@ -372,16 +409,10 @@ def make_connection(
     """
     urls = BrokerUrls.parse(url) if isinstance(url, str) else url
     password = settings.password()
+    tls = tls_context(settings) if any(u.scheme == "mqtts" for u in urls.urls) else None
 
     def build(broker: BrokerUrl) -> ReportingClient:
-        tls_context: ssl.SSLContext | None = None
-        if broker.scheme == "mqtts":
-            tls_context = ssl.create_default_context(
-                cafile=str(settings.ca_file) if settings.ca_file else None
-            )
-            if settings.tls_insecure:
-                tls_context.check_hostname = False
-                tls_context.verify_mode = ssl.CERT_NONE
+        tls_context = tls if broker.scheme == "mqtts" else None
         socket_options: list[tuple[int, int, int]] = []
         if broker.scheme != "unix":
             socket_options.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))

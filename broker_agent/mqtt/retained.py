@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import ssl
 from collections.abc import Callable, Sequence
 
 from broker_agent.errors import BrokerUnavailableError
-from broker_agent.mqtt.client import SubscriptionRefusedError
+from broker_agent.mqtt.client import SubscriptionRefusedError, tls_context
 from broker_agent.mqtt.urls import BrokerUrl, BrokerUrls
 from broker_agent.settings import MqttSettings
 
@@ -74,14 +73,7 @@ async def _open(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     if broker.scheme == "unix":
         return await asyncio.open_unix_connection(broker.path)
-    context: ssl.SSLContext | None = None
-    if broker.scheme == "mqtts":
-        context = ssl.create_default_context(
-            cafile=str(settings.ca_file) if settings.ca_file else None
-        )
-        if settings.tls_insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+    context = tls_context(settings) if broker.scheme == "mqtts" else None
     return await asyncio.open_connection(broker.host, broker.port, ssl=context)
 
 

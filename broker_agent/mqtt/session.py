@@ -12,7 +12,10 @@ connect timeout, not a backoff). A lost connection resumes at the URL after the 
 the backoff's first, short delay (it was reset by the connect): a node that dropped us is
 tried last. The URL in use is logged on each connect (``broker_connected``, display form).
 A ``SetupError`` (a broker without retained messages, a refused subscription) is not retried:
-it ends the loop and, through the service, the process (exit 2).
+it ends the loop and, through the service, the process (exit 2). The one exception is a
+``SetupError`` from ``connect`` (building the connection reads the password file and the CA
+file) after the first attempt: files that were good at start and fail now are being replaced
+(a Kubernetes secret rotation), so that is logged through ``on_disconnect`` and backed off.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
-from broker_agent.errors import BrokerUnavailableError
+from broker_agent.errors import BrokerUnavailableError, SetupError
 from broker_agent.mqtt.client import Connection
 
 
@@ -79,8 +82,18 @@ async def run_forever_connected(
     position in the URL list from one connection to the next.
     """
     position = 0
+    first = True
     while True:
-        connection = connect()
+        try:
+            connection = connect()
+        except SetupError as error:  # its files: the password file, the CA file
+            if first:
+                raise  # bad at start: exit 2 with the reason
+            delay = backoff.next_delay()  # good before: mid-rotation, try again
+            on_disconnect(error, delay)
+            await asyncio.sleep(delay)
+            continue
+        first = False
         connection.urls.position = position % len(connection.urls)
         connected = False
         try:
