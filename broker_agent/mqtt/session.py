@@ -3,14 +3,16 @@
 aiomqtt has no automatic reconnect; its documented pattern is a loop around ``async with``
 that catches the error and sleeps. ``run_forever_connected`` is that loop, written once for
 the agent and the station: a fresh ``Connection`` per attempt, a jittered exponential backoff
-that resets after each successful connect, and ``BrokerUnavailableError`` as the only signal.
+that resets once a session has lasted ``STABLE_AFTER_S``, and ``BrokerUnavailableError`` as the
+only signal.
 
 Several broker URLs (``BROKER_AGENT_BROKER_URL=a,b,c``): each attempt is one round over the
 list, starting where the previous one left off; a URL that fails to connect passes to the next
 at once, and the backoff sleeps only after a whole round failed (so a dead node costs one
 connect timeout, not a backoff). A lost connection resumes at the URL after the lost one, after
-the backoff's first, short delay (it was reset by the connect): a node that dropped us is
-tried last. The URL in use is logged on each connect (``broker_connected``, display form).
+the backoff's first, short delay when the session had lasted (a longer one after a session
+that died young): a node that dropped us is tried last. The URL in use is logged on each
+connect (``broker_connected``, display form).
 A ``SetupError`` (a broker without retained messages, a refused subscription) is not retried:
 it ends the loop and, through the service, the process (exit 2). The one exception is a
 ``SetupError`` from ``connect`` (building the connection reads the password file and the CA
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 from broker_agent.errors import BrokerUnavailableError, SetupError
@@ -57,17 +60,27 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _forget_leaked_cancels() -> None:
-    """Undo cancel requests that a failed session's TaskGroup left on this task.
+STABLE_AFTER_S = 10.0
+"""A session that lasted this long resets the backoff. Reset at every connect instead, a broker
+that accepted and then dropped us at once (a client id taken over, an ACL that disconnects)
+was reconnected to every 0.25-0.5 s, each time re-reading all retained state."""
 
-    Python 3.11's TaskGroup cancels its parent when a child fails after the body has finished,
-    and then never uncancels it (fixed in 3.12): the reconnect loop would carry a phantom
-    cancel into the next session, where ``raise_if_cancelled`` takes it for a shutdown. A real
-    shutdown arrives as CancelledError, not as the error that brings us here.
+
+async def _run_session(
+    session: Callable[[Connection], Awaitable[None]], connection: Connection
+) -> None:
+    """Run ``session`` in a task of its own and wait for it.
+
+    Python 3.11's TaskGroup cancels its parent task when a child fails after the body has
+    finished, and never uncancels it (fixed in 3.12): run in the loop's own task, the next
+    session inherited a phantom cancel, which ``raise_if_cancelled`` took for a shutdown. The
+    repair used to uncancel every pending cancel after a failed session, which also erased a
+    real one (a SIGTERM landing as the connection dropped: the TaskGroup raised only the error
+    group, and the process went on reconnecting). In a task of its own, the leaks die with
+    that task, and the loop's own ``cancelling()`` counts only real cancels.
     """
-    task = asyncio.current_task()
-    while task is not None and task.cancelling():
-        task.uncancel()
+    # A cancel of the loop's task is passed on to this one, and the loop waits for it to end.
+    await asyncio.create_task(session(connection), name="mqtt-session")
 
 
 async def run_forever_connected(
@@ -75,12 +88,18 @@ async def run_forever_connected(
     session: Callable[[Connection], Awaitable[None]],
     backoff: Backoff,
     on_disconnect: Callable[[Exception, float], None],
+    *,
+    stable_after_s: float = STABLE_AFTER_S,
 ) -> None:
     """The reconnect loop: run ``session`` on a fresh connection until cancelled.
 
     ``connect`` may build each connection from the same URL string: the loop carries the
-    position in the URL list from one connection to the next.
+    position in the URL list from one connection to the next. The backoff is reset once a
+    session has lasted ``stable_after_s``.
     """
+    loop_task = asyncio.current_task()
+    assert loop_task is not None
+    shutdown_requests = loop_task.cancelling()  # cancels from before we started are not ours
     position = 0
     first = True
     while True:
@@ -95,14 +114,17 @@ async def run_forever_connected(
             continue
         first = False
         connection.urls.position = position % len(connection.urls)
-        connected = False
+        connected_at: float | None = None
         try:
             async with connection:
-                connected = True
-                backoff.reset()
-                await session(connection)
+                connected_at = time.monotonic()
+                await _run_session(session, connection)
         except* BrokerUnavailableError as group:
-            _forget_leaked_cancels()
+            if loop_task.cancelling() > shutdown_requests:
+                raise asyncio.CancelledError from None  # a shutdown that coincided with the drop
+            connected = connected_at is not None
+            if connected_at is not None and time.monotonic() - connected_at >= stable_after_s:
+                backoff.reset()
             position = connection.urls.position + (1 if connected else 0)
             delay = backoff.next_delay()
             on_disconnect(group.exceptions[0], delay)
