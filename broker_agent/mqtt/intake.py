@@ -128,7 +128,7 @@ class RequestIntake:
         self.connection: Connection | None = None
         self._burst = False
         self._dropped = 0
-        self._clearing: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None  # the session's: clears run in it
 
     # -- the dispatcher's side (sync, never blocks) ------------------------------------------
     def offer(self, device_id: str, message: Message) -> None:
@@ -170,16 +170,18 @@ class RequestIntake:
         topic = message.topic
         if not (topic.startswith(self.topic_prefix) and topic.endswith(self.topic_suffix)):
             return False
-        connection = self.connection
-        if not (message.retain and message.payload) or connection is None or not self.accepting:
+        connection, group = self.connection, self._group
+        if not (message.retain and message.payload) or connection is None or group is None:
             log.info("request_ignored", topic=topic[:200], reason="invalid device id")
             return True
+        try:
+            # in the session's group: cancelled and awaited with it (a task of its own
+            # outlived the session and the shutdown, never awaited)
+            group.create_task(_clear_retained(connection, topic), name="clear-retained-request")
+        except RuntimeError:  # the session is ending; the next one finds it retained again
+            log.info("request_ignored", topic=topic[:200], reason="session ending")
+            return True
         log.warning(f"{self.name}_retained_invalid_cleared", topic=topic[:200])
-        task = asyncio.get_running_loop().create_task(
-            _clear_retained(connection, topic), name="clear-retained-request"
-        )
-        self._clearing.add(task)
-        task.add_done_callback(self._clearing.discard)
         return True
 
     # -- per connection ------------------------------------------------------------------------
@@ -194,6 +196,7 @@ class RequestIntake:
         """Start ``workers`` handlers and the busy answerer, then subscribe."""
         self.accepting = True
         self.connection = connection
+        self._group = group
         for index in range(workers):
             group.create_task(self._work(connection, handle), name=f"{self.name}-worker-{index}")
         group.create_task(self._answer_busy(connection, busy), name=f"{self.name}-busy")
