@@ -142,9 +142,17 @@ class DirectoryWatcher:
             return
         finally:
             stop.set()
-            with contextlib.suppress(StopAsyncIteration, asyncio.CancelledError, OSError):
-                await pending
-            await changes.aclose()
+            try:
+                with contextlib.suppress(StopAsyncIteration, OSError):
+                    await pending
+            except asyncio.CancelledError:
+                # pending's own end is not ours to report, but a shutdown of this task
+                # delivered here must go on (suppressed, the watcher would run on)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            finally:
+                await changes.aclose()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
