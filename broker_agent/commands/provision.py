@@ -101,13 +101,17 @@ async def request_image_online(
     async with connection:
         await requester.attach(connection)
         lost = asyncio.create_task(connection.wait_disconnected(), name="provision-connection")
+        asking = asyncio.create_task(
+            requester.request(device_id, partition_size), name="provision-request"
+        )
         try:
-            asking = asyncio.ensure_future(requester.request(device_id, partition_size))
             await asyncio.wait({asking, lost}, return_when=asyncio.FIRST_COMPLETED)
             if not asking.done():
-                asking.cancel()
                 lost.result()  # raises why the connection ended
             return asking.result()
         finally:
+            # both ended before the connection closes (``asking`` used to be left cancelled
+            # but never awaited when the connection dropped first)
+            asking.cancel()
             lost.cancel()
-            await asyncio.gather(lost, return_exceptions=True)
+            await asyncio.wait({asking, lost})

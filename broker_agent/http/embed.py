@@ -77,6 +77,7 @@ async def start_http(
         await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         started.cancel()
+        await asyncio.wait({started})  # ended, not just asked to end
     if task.done():
         task.result()  # the start-up error (SetupError), raised here and so by the group
     return server
