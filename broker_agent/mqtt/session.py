@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from broker_agent.errors import BrokerUnavailableError, SetupError
 from broker_agent.mqtt.client import Connection
@@ -67,7 +68,7 @@ was reconnected to every 0.25-0.5 s, each time re-reading all retained state."""
 
 
 async def _run_session(
-    session: Callable[[Connection], Awaitable[None]], connection: Connection
+    session: Callable[[Connection], Coroutine[Any, Any, None]], connection: Connection
 ) -> None:
     """Run ``session`` in a task of its own and wait for it.
 
@@ -85,7 +86,7 @@ async def _run_session(
 
 async def run_forever_connected(
     connect: Callable[[], Connection],
-    session: Callable[[Connection], Awaitable[None]],
+    session: Callable[[Connection], Coroutine[Any, Any, None]],
     backoff: Backoff,
     on_disconnect: Callable[[Exception, float], None],
     *,
