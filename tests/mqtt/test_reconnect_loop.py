@@ -85,3 +85,39 @@ async def test_sessions_dropped_at_once_back_off_longer_each_time(
     # ceilings 0.02, 0.04, 0.08, 0.16, 0.32, each delay drawn from [ceiling / 2, ceiling]
     assert delays[:5] == sorted(delays[:5])
     assert delays[4] >= 0.16
+
+
+async def test_sessions_that_lasted_reconnect_after_the_shortest_delay(
+    make_broker: MakeBroker,
+) -> None:
+    url = make_broker().url
+    delays: list[float] = []
+    enough = asyncio.Event()
+
+    def connect() -> Connection:
+        return make_connection(SETTINGS, url, client_id="t-stable")
+
+    async def session(connection: Connection) -> None:
+        await asyncio.sleep(0.15)  # longer than stable_after_s below
+        connection.abort()
+        await connection.wait_disconnected()
+
+    def backed_off(error: Exception, delay: float) -> None:
+        del error
+        delays.append(delay)
+        if len(delays) == 4:
+            enough.set()
+
+    loop = asyncio.create_task(
+        run_forever_connected(
+            connect, session, Backoff(0.02, 10.0), backed_off, stable_after_s=0.1
+        ),
+        name="session-loop-under-test",
+    )
+    try:
+        await asyncio.wait_for(enough.wait(), 10)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+    assert all(delay <= 0.02 for delay in delays[:4])
