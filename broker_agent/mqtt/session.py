@@ -119,6 +119,10 @@ async def run_forever_connected(
         try:
             async with connection:
                 connected_at = time.monotonic()
+                if loop_task.cancelling() > shutdown_requests:
+                    # a shutdown that aiomqtt's wait_for swallowed while connecting: the
+                    # session's task would not see it (see raise_if_cancelled)
+                    raise asyncio.CancelledError
                 await _run_session(session, connection)
         except* BrokerUnavailableError as group:
             if loop_task.cancelling() > shutdown_requests:
