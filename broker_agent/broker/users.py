@@ -1,4 +1,6 @@
-"""Mosquitto's password file and ACL file for the production profile (docs/security.md).
+"""Who may log in to the production broker (docs/security.md): service accounts and devices.
+
+``collect_users`` gives the password file's users; what each may do is ``broker.acl``.
 
 Identities. Every MQTT user name is an identifier of the contract, so none can carry a
 wildcard, a ``/`` or a ``:`` into an ACL line or a password file line:
@@ -20,7 +22,10 @@ Service accounts live in one JSON file, by default ``<secrets_dir>/_broker_users
 
     {"agents":    {"agent-1": "<password>"},
      "stations":  {"station-1": "<password>", "station-2": "<password>"},
-     "operators": {"operator": "<password>"}}
+     "operators": {"operator": "<password>", "console-1": "<password>"},
+     "provisioners": ["console-1"]}
+
+(``provisioners``: operators also allowed to fetch NVS images, opt-in.)
 
 Devices get two ``pattern`` lines (``%u`` = the user name); every service account gets an
 explicit ``user`` block, and stations and operators also get ``deny`` lines for the device
@@ -31,7 +36,7 @@ provisioning applies (``provisioning.secrets``, the one reader both use: unreada
 keys, a ``device_key`` other than the device_id) or when its id
 is also a service account's name.
 
-The password file is Mosquitto's own format (``mosquitto_passwords``).
+The password file is Mosquitto's own format (``broker.passwords``).
 
 Only the secrets reader logs (an unreadable file, once); messages name files, users and
 reasons, never a password.
