@@ -8,7 +8,7 @@ from broker_agent.broker.process import free_port
 from broker_agent.errors import BrokerUnavailableError
 from broker_agent.mqtt.retained import read_retained
 from broker_agent.settings import MqttSettings
-from tests.conftest import Broker
+from tests.support.broker import Broker
 from tests.support.mqtt import client_for
 
 pytestmark = pytest.mark.timeout(60)
