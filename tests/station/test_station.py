@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -56,127 +57,116 @@ pytestmark = pytest.mark.timeout(60)
 # -- the whole flow ------------------------------------------------------------------------
 
 
-def test_a_flash_command_writes_the_devices_credentials(bench: Bench) -> None:
-    async def scenario() -> None:
-        async with (
-            bench.agent(),
-            running_station(bench.station_settings(simulate=1)) as station,
-            commander(bench.broker.url) as operator,
-        ):
-            board = simulated(station)[0]
-            url = board.url
-            events = await operator.run({"request_id": "job-42", "device_id": "kitchen-01"})
-            await operator.wait(lambda: not operator.statuses[-1]["ports"][0]["busy"])
-            image = nvs_region(board)
-            busy_flags = [status["ports"][0]["busy"] for status in operator.statuses]
+async def test_a_flash_command_writes_the_devices_credentials(bench: Bench) -> None:
+    async with (
+        bench.agent(),
+        running_station(bench.station_settings(simulate=1)) as station,
+        commander(bench.broker.url) as operator,
+    ):
+        board = simulated(station)[0]
+        url = board.url
+        events = await operator.run({"request_id": "job-42", "device_id": "kitchen-01"})
+        await operator.wait(lambda: not operator.statuses[-1]["ports"][0]["busy"])
+        image = nvs_region(board)
+        busy_flags = [status["ports"][0]["busy"] for status in operator.statuses]
 
-        assert_stream(events, ok=True)
-        ok = events[-1]
-        assert credentials("kitchen-01") == parse_nvs(image).strings("prov")
-        assert hashlib.md5(image).hexdigest() == ok["md5"]
-        assert {"type": "ESP32", "mac": "24:0a:c4:00:00:01"} == ok["chip"]
-        assert {"offset": NVS_OFFSET, "size": NVS_SIZE} == ok["partition"]
-        assert (url, "kitchen-01") == (ok["port"], ok["device_id"])  # the one candidate
-        assert [False, True, False] == busy_flags[-3:]
-        [line] = bench.log_lines()
-        assert {
-            "station_id": STATION,
-            "request_id": "job-42",
-            "device_id": "kitchen-01",
-            "port": url,
-            "chip": "ESP32",
-            "mac": "24:0a:c4:00:00:01",
-            "partition_offset": NVS_OFFSET,
-            "partition_size": NVS_SIZE,
-            "md5": ok["md5"],
-            "result": "ok",
-            "error_code": None,
-        }.items() <= line.items()
-
-    asyncio.run(scenario())
+    assert_stream(events, ok=True)
+    ok = events[-1]
+    assert credentials("kitchen-01") == parse_nvs(image).strings("prov")
+    assert hashlib.md5(image).hexdigest() == ok["md5"]
+    assert {"type": "ESP32", "mac": "24:0a:c4:00:00:01"} == ok["chip"]
+    assert {"offset": NVS_OFFSET, "size": NVS_SIZE} == ok["partition"]
+    assert (url, "kitchen-01") == (ok["port"], ok["device_id"])  # the one candidate
+    assert [False, True, False] == busy_flags[-3:]
+    [line] = bench.log_lines()
+    assert {
+        "station_id": STATION,
+        "request_id": "job-42",
+        "device_id": "kitchen-01",
+        "port": url,
+        "chip": "ESP32",
+        "mac": "24:0a:c4:00:00:01",
+        "partition_offset": NVS_OFFSET,
+        "partition_size": NVS_SIZE,
+        "md5": ok["md5"],
+        "result": "ok",
+        "error_code": None,
+    }.items() <= line.items()
 
 
-def test_events_go_to_the_v5_response_topic_with_the_correlation_data(bench: Bench) -> None:
-    async def scenario() -> None:
-        async with (
-            bench.agent(),
-            running_station(bench.station_settings(simulate=1)),
-            commander(
-                bench.broker.url, f"{RESPONSE_TOPIC}/#", "replies/#", "iot/devices/#"
-            ) as operator,
-        ):
-            correlation = b"\x00corr\xff"
-            command = {"request_id": "job-7", "device_id": "kitchen-01"}
-            events = await operator.run(
-                command, response_topic=f"{RESPONSE_TOPIC}/ops/job-7", correlation=correlation
-            )
-            received = [r for r in operator.received if r.event["request_id"] == "job-7"]
-            refused = await operator.run(
-                {"request_id": "job-8", "device_id": "kitchen-01"},
-                response_topic="iot/devices/kitchen-01/config",
-            )
-            wildcard = await operator.run(
-                {"request_id": "job-9", "device_id": "kitchen-01"}, response_topic="replies/+"
-            )
-            elsewhere = await operator.run(
-                {"request_id": "job-10", "device_id": "kitchen-01"},
-                response_topic="replies/ops/job-10",
-            )
-            topics_of_refusals = {
-                r.topic
-                for r in operator.received
-                if r.event["request_id"] in ("job-8", "job-9", "job-10")
-            }
-
-        assert_stream(events, ok=True)
-        assert {(f"{RESPONSE_TOPIC}/ops/job-7", correlation)} == {
-            (r.topic, r.correlation) for r in received
+async def test_events_go_to_the_v5_response_topic_with_the_correlation_data(bench: Bench) -> None:
+    async with (
+        bench.agent(),
+        running_station(bench.station_settings(simulate=1)),
+        commander(
+            bench.broker.url, f"{RESPONSE_TOPIC}/#", "replies/#", "iot/devices/#"
+        ) as operator,
+    ):
+        correlation = b"\x00corr\xff"
+        command = {"request_id": "job-7", "device_id": "kitchen-01"}
+        events = await operator.run(
+            command, response_topic=f"{RESPONSE_TOPIC}/ops/job-7", correlation=correlation
+        )
+        received = [r for r in operator.received if r.event["request_id"] == "job-7"]
+        refused = await operator.run(
+            {"request_id": "job-8", "device_id": "kitchen-01"},
+            response_topic="iot/devices/kitchen-01/config",
+        )
+        wildcard = await operator.run(
+            {"request_id": "job-9", "device_id": "kitchen-01"}, response_topic="replies/+"
+        )
+        elsewhere = await operator.run(
+            {"request_id": "job-10", "device_id": "kitchen-01"},
+            response_topic="replies/ops/job-10",
+        )
+        topics_of_refusals = {
+            r.topic
+            for r in operator.received
+            if r.event["request_id"] in ("job-8", "job-9", "job-10")
         }
-        assert "invalid_request" == single_error(refused)["error"]["code"]
-        assert "invalid_request" == single_error(wildcard)["error"]["code"]
-        assert "invalid_request" == single_error(elsewhere)["error"]["code"]
-        assert {RESPONSE_TOPIC} == topics_of_refusals
 
-    asyncio.run(scenario())
+    assert_stream(events, ok=True)
+    assert {(f"{RESPONSE_TOPIC}/ops/job-7", correlation)} == {
+        (r.topic, r.correlation) for r in received
+    }
+    assert "invalid_request" == single_error(refused)["error"]["code"]
+    assert "invalid_request" == single_error(wildcard)["error"]["code"]
+    assert "invalid_request" == single_error(elsewhere)["error"]["code"]
+    assert {RESPONSE_TOPIC} == topics_of_refusals
 
 
-def test_four_boards_flash_in_parallel_with_independent_progress(bench: Bench) -> None:
-    async def scenario() -> None:
-        async with (
-            bench.agent(),
-            running_station(bench.station_settings(simulate=4)) as station,
-            commander(bench.broker.url) as operator,
-        ):
-            jobs = {
-                f"par-{index}": (f"dev-{index + 1}", server)
-                for index, server in enumerate(simulated(station))
-            }
-            for request_id, (device, server) in jobs.items():
-                await operator.send(
-                    {"request_id": request_id, "device_id": device, "port": server.url}
-                )
-            streams = {request_id: await operator.final(request_id) for request_id in jobs}
-            images = {rid: nvs_region(server) for rid, (_, server) in jobs.items()}
-            urls = {rid: server.url for rid, (_, server) in jobs.items()}
-            order = [(r.event["request_id"], r.event["status"]) for r in operator.received]
+async def test_four_boards_flash_in_parallel_with_independent_progress(bench: Bench) -> None:
+    async with (
+        bench.agent(),
+        running_station(bench.station_settings(simulate=4)) as station,
+        commander(bench.broker.url) as operator,
+    ):
+        jobs = {
+            f"par-{index}": (f"dev-{index + 1}", server)
+            for index, server in enumerate(simulated(station))
+        }
+        for request_id, (device, server) in jobs.items():
+            await operator.send({"request_id": request_id, "device_id": device, "port": server.url})
+        streams = {request_id: await operator.final(request_id) for request_id in jobs}
+        images = {rid: nvs_region(server) for rid, (_, server) in jobs.items()}
+        urls = {rid: server.url for rid, (_, server) in jobs.items()}
+        order = [(r.event["request_id"], r.event["status"]) for r in operator.received]
 
-        for request_id, (device, _) in jobs.items():
-            assert_stream(streams[request_id], ok=True)
-            assert credentials(device) == parse_nvs(images[request_id]).strings("prov")
-            assert urls[request_id] == streams[request_id][-1]["port"]
-        first_ok = next(i for i, (_, status) in enumerate(order) if status == "ok")
-        accepted_before = {rid for rid, status in order[:first_ok] if status == "accepted"}
-        assert set(jobs) == accepted_before  # all four were running at once
-        assert 4 == len(bench.log_lines())
-
-    asyncio.run(scenario())
+    for request_id, (device, _) in jobs.items():
+        assert_stream(streams[request_id], ok=True)
+        assert credentials(device) == parse_nvs(images[request_id]).strings("prov")
+        assert urls[request_id] == streams[request_id][-1]["port"]
+    first_ok = next(i for i, (_, status) in enumerate(order) if status == "ok")
+    accepted_before = {rid for rid, status in order[:first_ok] if status == "accepted"}
+    assert set(jobs) == accepted_before  # all four were running at once
+    assert 4 == len(bench.log_lines())
 
 
 # -- refusals: one error event, no job -------------------------------------------------------
 
 
 @pytest.mark.allow_contract_violations  # the malformed commands themselves
-def test_malformed_commands_are_refused_and_never_stop_the_station(bench: Bench) -> None:
+async def test_malformed_commands_are_refused_and_never_stop_the_station(bench: Bench) -> None:
     bad: list[tuple[bytes, str | None]] = [
         (b"not json", None),
         (b"[1, 2]", None),
@@ -204,122 +194,114 @@ def test_malformed_commands_are_refused_and_never_stop_the_station(bench: Bench)
         (b"{" * 5000, None),
     ]
 
-    async def scenario() -> None:
-        async with (
-            bench.agent(),
-            running_station(bench.station_settings(simulate=1)) as station,
-            commander(bench.broker.url) as operator,
-        ):
-            before = nvs_region(simulated(station)[0])
-            for payload, _ in bad:
-                await operator.send(payload)
-            await operator.wait(lambda: len(operator.finals()) == len(bad))
-            refusals = list(operator.received)
-            still_untouched = nvs_region(simulated(station)[0])
-            events = await operator.run({"request_id": "good", "device_id": "kitchen-01"})
+    async with (
+        bench.agent(),
+        running_station(bench.station_settings(simulate=1)) as station,
+        commander(bench.broker.url) as operator,
+    ):
+        before = nvs_region(simulated(station)[0])
+        for payload, _ in bad:
+            await operator.send(payload)
+        await operator.wait(lambda: len(operator.finals()) == len(bad))
+        refusals = list(operator.received)
+        still_untouched = nvs_region(simulated(station)[0])
+        events = await operator.run({"request_id": "good", "device_id": "kitchen-01"})
 
-        assert len(bad) == len(refusals)
-        for (_, request_id), received in zip(bad, refusals, strict=True):
-            event = single_error([received.event])
-            assert "invalid_request" == event["error"]["code"]
-            if request_id is not None:
-                assert request_id == event["request_id"]
-            else:
-                assert event["request_id"].startswith("station-")  # made up
-        assert before == still_untouched
-        assert_stream(events, ok=True)
-        assert ["good"] == [line["request_id"] for line in bench.log_lines()]
-
-    asyncio.run(scenario())
+    assert len(bad) == len(refusals)
+    for (_, request_id), received in zip(bad, refusals, strict=True):
+        event = single_error([received.event])
+        assert "invalid_request" == event["error"]["code"]
+        if request_id is not None:
+            assert request_id == event["request_id"]
+        else:
+            assert event["request_id"].startswith("station-")  # made up
+    assert before == still_untouched
+    assert_stream(events, ok=True)
+    assert ["good"] == [line["request_id"] for line in bench.log_lines()]
 
 
-def test_port_selection_errors(bench: Bench) -> None:
-    async def scenario() -> None:
-        async with (
-            running_station(bench.station_settings(simulate=2)) as station,
-            commander(bench.broker.url) as operator,
-        ):
-            urls = [server.url for server in simulated(station)]
-            several = await operator.run({"request_id": "p-1", "device_id": "kitchen-01"})
-            missing = await operator.run(
-                {"request_id": "p-2", "device_id": "kitchen-01", "port": "/dev/ttyUSB97"}
-            )
-        async with (
-            running_station(bench.station_settings(station_id="bench-2")),
-            client_for(bench.broker.url) as client,
-        ):
-            await client.subscribe(TOPICS.flash_response("bench-2"), qos=1)
-            await client.publish(
-                TOPICS.flash_request("bench-2"),
-                json.dumps({"request_id": "p-3", "device_id": "kitchen-01"}),
-                qos=1,
-            )
-            async for message in client.messages:
-                none_attached = json.loads(bytes(message.payload))
-                break
-
-        required = single_error(several)["error"]
-        assert "port_required" == required["code"]
-        assert all(url in required["message"] for url in urls)
-        not_found = single_error(missing)["error"]
-        assert "port_not_found" == not_found["code"]
-        assert "/dev/ttyUSB97" in not_found["message"]
-        assert ("p-3", "port_required") == (
-            none_attached["request_id"],
-            none_attached["error"]["code"],
+async def test_port_selection_errors(bench: Bench) -> None:
+    async with (
+        running_station(bench.station_settings(simulate=2)) as station,
+        commander(bench.broker.url) as operator,
+    ):
+        urls = [server.url for server in simulated(station)]
+        several = await operator.run({"request_id": "p-1", "device_id": "kitchen-01"})
+        missing = await operator.run(
+            {"request_id": "p-2", "device_id": "kitchen-01", "port": "/dev/ttyUSB97"}
         )
-        assert [] == bench.log_lines()
 
-    asyncio.run(scenario())
+    async with (
+        running_station(bench.station_settings(station_id="bench-2")),
+        client_for(bench.broker.url) as client,
+    ):
+        await client.subscribe(TOPICS.flash_response("bench-2"), qos=1)
+        await client.publish(
+            TOPICS.flash_request("bench-2"),
+            json.dumps({"request_id": "p-3", "device_id": "kitchen-01"}),
+            qos=1,
+        )
+        async for message in client.messages:
+            none_attached = json.loads(bytes(message.payload))
+            break
+
+    required = single_error(several)["error"]
+    assert "port_required" == required["code"]
+    assert all(url in required["message"] for url in urls)
+    not_found = single_error(missing)["error"]
+    assert "port_not_found" == not_found["code"]
+    assert "/dev/ttyUSB97" in not_found["message"]
+    assert ("p-3", "port_required") == (
+        none_attached["request_id"],
+        none_attached["error"]["code"],
+    )
+    assert [] == bench.log_lines()
 
 
-def test_port_busy_and_cancel_then_the_board_is_usable_again(bench: Bench) -> None:
+async def test_port_busy_and_cancel_then_the_board_is_usable_again(bench: Bench) -> None:
     """No agent at first: the first job waits for its image, holding the port."""
 
-    async def scenario() -> None:
-        async with (
-            running_station(bench.station_settings(simulate=1, provision_timeout_s=20)) as station,
-            commander(bench.broker.url) as operator,
-        ):
-            board = simulated(station)[0]
-            await operator.send({"request_id": "hold", "device_id": "kitchen-01"})
-            await operator.phase("hold", "fetching_nvs")
-            await operator.wait(lambda: operator.statuses[-1]["ports"][0]["busy"])
-            busy = await operator.run({"request_id": "second", "device_id": "kitchen-01"})
-            await operator.send(
-                {"request_id": "hold", "device_id": "dev-1", "port": "socket://127.0.0.1:9"}
-            )
-            await operator.wait(lambda: coded(operator.events("hold"), "invalid_request"))
-            [duplicate] = coded(operator.events("hold"), "invalid_request")
-            await operator.cancel("no-such-job")  # logged only
-            started = time.monotonic()
-            await operator.cancel("hold")
-            await operator.wait(lambda: coded(operator.events("hold"), "aborted"))
-            held = [e for e in operator.events("hold") if e is not duplicate]
-            cancel_took = time.monotonic() - started
-            untouched = nvs_region(board)
-            async with bench.agent():
-                again = await operator.run({"request_id": "again", "device_id": "kitchen-01"})
-            image = nvs_region(board)
-            stray = operator.events("no-such-job")
+    async with (
+        running_station(bench.station_settings(simulate=1, provision_timeout_s=20)) as station,
+        commander(bench.broker.url) as operator,
+    ):
+        board = simulated(station)[0]
+        await operator.send({"request_id": "hold", "device_id": "kitchen-01"})
+        await operator.phase("hold", "fetching_nvs")
+        await operator.wait(lambda: operator.statuses[-1]["ports"][0]["busy"])
+        busy = await operator.run({"request_id": "second", "device_id": "kitchen-01"})
+        await operator.send(
+            {"request_id": "hold", "device_id": "dev-1", "port": "socket://127.0.0.1:9"}
+        )
+        await operator.wait(lambda: coded(operator.events("hold"), "invalid_request"))
+        [duplicate] = coded(operator.events("hold"), "invalid_request")
+        await operator.cancel("no-such-job")  # logged only
+        started = time.monotonic()
+        await operator.cancel("hold")
+        await operator.wait(lambda: coded(operator.events("hold"), "aborted"))
+        held = [e for e in operator.events("hold") if e is not duplicate]
+        cancel_took = time.monotonic() - started
+        untouched = nvs_region(board)
+        async with bench.agent():
+            again = await operator.run({"request_id": "again", "device_id": "kitchen-01"})
+        image = nvs_region(board)
+        stray = operator.events("no-such-job")
 
-        assert "port_busy" == single_error(busy)["error"]["code"]
-        assert "hold" in busy[0]["error"]["message"]
-        assert "kitchen-01" == busy[0]["device_id"]
-        assert "invalid_request" == single_error([duplicate])["error"]["code"]  # id in use
-        assert "already running" in duplicate["error"]["message"]
-        assert_stream(held, ok=False)
-        assert ("aborted", "fetching_nvs") == (held[-1]["error"]["code"], held[-1]["phase"])
-        assert cancel_took < 1  # the job runs in a worker process: cancel still answers at once
-        assert b"\xff" * NVS_SIZE == untouched
-        assert_stream(again, ok=True)
-        assert credentials("kitchen-01") == parse_nvs(image).strings("prov")
-        assert [] == stray
-        assert [("hold", "error", "aborted"), ("again", "ok", None)] == [
-            (line["request_id"], line["result"], line["error_code"]) for line in bench.log_lines()
-        ]
-
-    asyncio.run(scenario())
+    assert "port_busy" == single_error(busy)["error"]["code"]
+    assert "hold" in busy[0]["error"]["message"]
+    assert "kitchen-01" == busy[0]["device_id"]
+    assert "invalid_request" == single_error([duplicate])["error"]["code"]  # id in use
+    assert "already running" in duplicate["error"]["message"]
+    assert_stream(held, ok=False)
+    assert ("aborted", "fetching_nvs") == (held[-1]["error"]["code"], held[-1]["phase"])
+    assert cancel_took < 1  # the job runs in a worker process: cancel still answers at once
+    assert b"\xff" * NVS_SIZE == untouched
+    assert_stream(again, ok=True)
+    assert credentials("kitchen-01") == parse_nvs(image).strings("prov")
+    assert [] == stray
+    assert [("hold", "error", "aborted"), ("again", "ok", None)] == [
+        (line["request_id"], line["result"], line["error_code"]) for line in bench.log_lines()
+    ]
 
 
 # -- job errors ------------------------------------------------------------------------------
@@ -338,90 +320,77 @@ FAULTS: dict[str, tuple[Fault | None, str, str]] = {
 }
 
 
-def test_every_board_fault_ends_in_its_error_code(bench: Bench) -> None:
+async def test_every_board_fault_ends_in_its_error_code(bench: Bench) -> None:
     configs = [
         BoardConfig(mac=f"24:0a:c4:00:01:{index:02x}", faults=frozenset({f} if f else set()))
         for index, (f, _, _) in enumerate(FAULTS.values())
     ]
 
-    async def scenario() -> None:
-        with boards(*configs) as servers:
-            async with (
-                bench.agent(),
-                running_station(bench.station_settings(), connect_attempts=1),
-                commander(bench.broker.url) as operator,
-            ):
-                before = [bytes(server.board.flash) for server in servers]
-                for request_id, server in zip(FAULTS, servers, strict=True):
-                    command = {"request_id": request_id, "device_id": "kitchen-01"}
-                    command["port"] = server.url
-                    if request_id == "f-mac":
-                        command["expected_mac"] = "24:0A:C4:99:99:99"
-                    if request_id == "f-unknown":
-                        command["device_id"] = "ghost-99"
-                    await operator.send(command)
-                streams = {request_id: await operator.final(request_id) for request_id in FAULTS}
-                after = [bytes(server.board.flash) for server in servers]
-
-        for request_id, (_, code, phase) in FAULTS.items():
-            events = streams[request_id]
-            assert_stream(events, ok=False)
-            error = events[-1]["error"]
-            assert (request_id, code, phase) == (request_id, error["code"], events[-1]["phase"])
-        assert "hold the BOOT button" in streams["f-sync"][-1]["error"]["message"]
-        assert {"code": "unknown_device"} == {
-            "code": streams["f-unknown"][-1]["error"]["cause"]["code"]
-        }
-        assert streams["f-unknown"][-1]["error"]["cause"]["message"]
-        index = list(FAULTS)
-        for unwritten in ("f-mac", "f-unknown", "f-sync", "f-table", "f-nvs", "f-subtype"):
-            assert before[index.index(unwritten)] == after[index.index(unwritten)], unwritten
-        logged = {line["request_id"]: line for line in bench.log_lines()}
-        assert {rid: code for rid, (_, code, _) in FAULTS.items()} == {
-            rid: line["error_code"] for rid, line in logged.items()
-        }
-        assert {"error"} == {line["result"] for line in logged.values()}
-        assert "24:0a:c4:00:01:01" == logged["f-table"]["mac"]  # what was learnt on the way
-        assert "24:0a:c4:00:01:06" in streams["f-mac"][-1]["error"]["message"]
-
-    asyncio.run(scenario())
-
-
-def test_provisioning_timeout_without_an_agent(bench: Bench) -> None:
-    async def scenario() -> None:
+    with boards(*configs) as servers:
         async with (
-            running_station(bench.station_settings(simulate=1, provision_timeout_s=0.5)) as st,
+            bench.agent(),
+            running_station(bench.station_settings(), connect_attempts=1),
             commander(bench.broker.url) as operator,
         ):
-            events = await operator.run({"request_id": "t-1", "device_id": "kitchen-01"})
-            untouched = nvs_region(simulated(st)[0])
+            before = [bytes(server.board.flash) for server in servers]
+            for request_id, server in zip(FAULTS, servers, strict=True):
+                command = {"request_id": request_id, "device_id": "kitchen-01"}
+                command["port"] = server.url
+                if request_id == "f-mac":
+                    command["expected_mac"] = "24:0A:C4:99:99:99"
+                if request_id == "f-unknown":
+                    command["device_id"] = "ghost-99"
+                await operator.send(command)
+            streams = {request_id: await operator.final(request_id) for request_id in FAULTS}
+            after = [bytes(server.board.flash) for server in servers]
 
+    for request_id, (_, code, phase) in FAULTS.items():
+        events = streams[request_id]
         assert_stream(events, ok=False)
-        assert ("provisioning_timeout", "fetching_nvs") == (
-            events[-1]["error"]["code"],
-            events[-1]["phase"],
-        )
-        assert b"\xff" * NVS_SIZE == untouched
+        error = events[-1]["error"]
+        assert (request_id, code, phase) == (request_id, error["code"], events[-1]["phase"])
+    assert "hold the BOOT button" in streams["f-sync"][-1]["error"]["message"]
+    assert {"code": "unknown_device"} == {
+        "code": streams["f-unknown"][-1]["error"]["cause"]["code"]
+    }
+    assert streams["f-unknown"][-1]["error"]["cause"]["message"]
+    index = list(FAULTS)
+    for unwritten in ("f-mac", "f-unknown", "f-sync", "f-table", "f-nvs", "f-subtype"):
+        assert before[index.index(unwritten)] == after[index.index(unwritten)], unwritten
+    logged = {line["request_id"]: line for line in bench.log_lines()}
+    assert {rid: code for rid, (_, code, _) in FAULTS.items()} == {
+        rid: line["error_code"] for rid, line in logged.items()
+    }
+    assert {"error"} == {line["result"] for line in logged.values()}
+    assert "24:0a:c4:00:01:01" == logged["f-table"]["mac"]  # what was learnt on the way
+    assert "24:0a:c4:00:01:06" in streams["f-mac"][-1]["error"]["message"]
 
-    asyncio.run(scenario())
+
+async def test_provisioning_timeout_without_an_agent(bench: Bench) -> None:
+    async with (
+        running_station(bench.station_settings(simulate=1, provision_timeout_s=0.5)) as st,
+        commander(bench.broker.url) as operator,
+    ):
+        events = await operator.run({"request_id": "t-1", "device_id": "kitchen-01"})
+        untouched = nvs_region(simulated(st)[0])
+
+    assert_stream(events, ok=False)
+    assert ("provisioning_timeout", "fetching_nvs") == (
+        events[-1]["error"]["code"],
+        events[-1]["phase"],
+    )
+    assert b"\xff" * NVS_SIZE == untouched
 
 
 # -- presence, retained commands, reconnects, the log -----------------------------------------
 
 
-def test_status_lists_the_ports_and_goes_offline_on_shutdown(bench: Bench) -> None:
-    async def scenario() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-        async with running_station(bench.station_settings(simulate=2)) as station:
-            urls = [server.url for server in simulated(station)]
-            online = json.loads(
-                (await retained_snapshot(bench.broker.url, STATUS_TOPIC))[STATUS_TOPIC]
-            )
-        offline = json.loads(
-            (await retained_snapshot(bench.broker.url, STATUS_TOPIC))[STATUS_TOPIC]
-        )
-        return online, offline, urls
-
-    online, offline, urls = asyncio.run(scenario())
+async def test_status_lists_the_ports_and_goes_offline_on_shutdown(bench: Bench) -> None:
+    async with running_station(bench.station_settings(simulate=2)) as station:
+        urls = [server.url for server in simulated(station)]
+        online = json.loads((await retained_snapshot(bench.broker.url, STATUS_TOPIC))[STATUS_TOPIC])
+    offline = json.loads((await retained_snapshot(bench.broker.url, STATUS_TOPIC))[STATUS_TOPIC])
+    online, offline, urls = online, offline, urls
 
     assert ("online", STATION) == (online["state"], online["station_id"])
     assert online["version"]
@@ -440,24 +409,21 @@ def test_status_lists_the_ports_and_goes_offline_on_shutdown(bench: Bench) -> No
     assert {"state": "offline", "station_id": STATION} == offline
 
 
-def test_stopping_the_station_aborts_its_jobs_and_reports_them(bench: Bench) -> None:
-    async def scenario() -> None:
-        async with commander(bench.broker.url) as operator:
-            settings = bench.station_settings(simulate=1, provision_timeout_s=20)
-            async with running_station(settings):
-                await operator.send({"request_id": "cut", "device_id": "kitchen-01"})
-                await operator.phase("cut", "fetching_nvs")
-            events = await operator.final("cut")
-            await operator.wait(lambda: operator.statuses[-1]["state"] == "offline")
+async def test_stopping_the_station_aborts_its_jobs_and_reports_them(bench: Bench) -> None:
+    async with commander(bench.broker.url) as operator:
+        settings = bench.station_settings(simulate=1, provision_timeout_s=20)
+        async with running_station(settings):
+            await operator.send({"request_id": "cut", "device_id": "kitchen-01"})
+            await operator.phase("cut", "fetching_nvs")
+        events = await operator.final("cut")
+        await operator.wait(lambda: operator.statuses[-1]["state"] == "offline")
 
-        assert_stream(events, ok=False)
-        assert ("aborted", "fetching_nvs") == (events[-1]["error"]["code"], events[-1]["phase"])
-        assert ["aborted"] == [line["error_code"] for line in bench.log_lines()]
-
-    asyncio.run(scenario())
+    assert_stream(events, ok=False)
+    assert ("aborted", "fetching_nvs") == (events[-1]["error"]["code"], events[-1]["phase"])
+    assert ["aborted"] == [line["error_code"] for line in bench.log_lines()]
 
 
-def test_the_will_marks_a_killed_station_offline(bench: Bench, tmp_path: Path) -> None:
+async def test_the_will_marks_a_killed_station_offline(bench: Bench, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_AGENT_")}
     env |= {"PYTHONPATH": str(PROJECT), "BROKER_AGENT_LOG_FORMAT": "json"}
     env["BROKER_AGENT_HTTP_LISTEN"] = ""  # no fixed port 8081 (tests run side by side)
@@ -466,9 +432,10 @@ def test_the_will_marks_a_killed_station_offline(bench: Bench, tmp_path: Path) -
         "--station-id", STATION, "--simulate", "1", "--manufacturing-log", str(bench.log_path),
     ]  # fmt: skip
     log = (tmp_path / "station.log").open("wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
         async with client_for(bench.broker.url) as client:
             await client.subscribe(STATUS_TOPIC, qos=1)
             states: list[dict[str, Any]] = []
@@ -479,58 +446,50 @@ def test_the_will_marks_a_killed_station_offline(bench: Bench, tmp_path: Path) -
                         process.send_signal(signal.SIGKILL)
                     if states[-1]["state"] == "offline":
                         break
-            return states[-2], states[-1]
-
-    try:
-        online, offline = asyncio.run(scenario())
+        online, offline = states[-2], states[-1]
     finally:
-        process.kill()
-        process.wait(10)
+        with suppress(ProcessLookupError):  # killed above, and already reaped
+            process.kill()
+        await asyncio.wait_for(process.wait(), 10)
         log.close()
 
     assert 1 == len(online["ports"]) and online["ports"][0]["port"].startswith("socket://")
     assert {"state": "offline", "station_id": STATION} == offline
 
 
-def test_a_retained_command_is_refused_cleared_and_never_run(bench: Bench) -> None:
-    async def scenario() -> None:
-        async with (
-            running_station(bench.station_settings(simulate=1)) as station,
-            commander(bench.broker.url) as operator,
-        ):
-            await operator.send({"request_id": "r-1", "device_id": "kitchen-01"}, retain=True)
-            await operator.wait(lambda: len(operator.finals()) == 1)
-            refused = list(operator.received)
-            retained = await retained_snapshot(bench.broker.url, REQUEST_TOPIC)
-            untouched = nvs_region(simulated(station)[0])
+async def test_a_retained_command_is_refused_cleared_and_never_run(bench: Bench) -> None:
+    async with (
+        running_station(bench.station_settings(simulate=1)) as station,
+        commander(bench.broker.url) as operator,
+    ):
+        await operator.send({"request_id": "r-1", "device_id": "kitchen-01"}, retain=True)
+        await operator.wait(lambda: len(operator.finals()) == 1)
+        refused = list(operator.received)
+        retained = await retained_snapshot(bench.broker.url, REQUEST_TOPIC)
+        untouched = nvs_region(simulated(station)[0])
 
-        assert "invalid_request" == single_error([r.event for r in refused])["error"]["code"]
-        assert "retained" in refused[0].event["error"]["message"]
-        assert {} == retained
-        assert b"\xff" * NVS_SIZE == untouched
-
-    asyncio.run(scenario())
+    assert "invalid_request" == single_error([r.event for r in refused])["error"]["code"]
+    assert "retained" in refused[0].event["error"]["message"]
+    assert {} == retained
+    assert b"\xff" * NVS_SIZE == untouched
 
 
-def test_the_station_reconnects_after_a_broker_restart(bench: Bench) -> None:
-    async def scenario() -> None:
-        async with bench.agent(), running_station(bench.station_settings(simulate=1)) as station:
-            await asyncio.to_thread(bench.broker.stop)
+async def test_the_station_reconnects_after_a_broker_restart(bench: Bench) -> None:
+    async with bench.agent(), running_station(bench.station_settings(simulate=1)) as station:
+        await asyncio.to_thread(bench.broker.stop)
 
-            async def offline() -> bool:
-                return not station.online.is_set()
+        async def offline() -> bool:
+            return not station.online.is_set()
 
-            await eventually(offline)
-            await asyncio.to_thread(bench.broker.start)
-            await asyncio.wait_for(station.online.wait(), 15)
-            async with commander(bench.broker.url) as operator:
-                events = await operator.run({"request_id": "after", "device_id": "kitchen-01"})
-        assert_stream(events, ok=True)
-
-    asyncio.run(scenario())
+        await eventually(offline)
+        await asyncio.to_thread(bench.broker.start)
+        await asyncio.wait_for(station.online.wait(), 15)
+        async with commander(bench.broker.url) as operator:
+            events = await operator.run({"request_id": "after", "device_id": "kitchen-01"})
+    assert_stream(events, ok=True)
 
 
-def test_the_manufacturing_log_survives_restarts_and_holds_no_secrets(bench: Bench) -> None:
+async def test_the_manufacturing_log_survives_restarts_and_holds_no_secrets(bench: Bench) -> None:
     async def one_job(request_id: str, device_id: str) -> None:
         async with (
             running_station(bench.station_settings(simulate=1)),
@@ -538,12 +497,9 @@ def test_the_manufacturing_log_survives_restarts_and_holds_no_secrets(bench: Ben
         ):
             await operator.run({"request_id": request_id, "device_id": device_id})
 
-    async def scenario() -> None:
-        async with bench.agent():
-            await one_job("first", "kitchen-01")
-            await one_job("second", "ghost-99")
-
-    asyncio.run(scenario())
+    async with bench.agent():
+        await one_job("first", "kitchen-01")
+        await one_job("second", "ghost-99")
 
     text = bench.log_path.read_text()
     lines = bench.log_lines()
