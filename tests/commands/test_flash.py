@@ -16,8 +16,8 @@ import pytest
 from broker_agent.broker.process import free_port
 from broker_agent.simulator import BoardConfig, BoardServer, SimulatedBoard
 from broker_agent.station.ports import scan_ports
-from tests.conftest import PROJECT, Broker
 from tests.support.agent import agent_settings, running_agent
+from tests.support.broker import PROJECT, Broker
 from tests.support.nvs_parser import parse_nvs
 
 pytestmark = pytest.mark.timeout(60)
@@ -171,7 +171,7 @@ def test_no_port_and_no_candidate_exits_1_port_required(
     assert result.stderr.startswith("error: port_required: ")
 
 
-def test_online_the_image_comes_from_the_agent(
+async def test_online_the_image_comes_from_the_agent(
     broker: Broker, board: BoardServer, dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     args = flash_args(
@@ -182,21 +182,18 @@ def test_online_the_image_comes_from_the_agent(
         "--manufacturing-log", str(dirs["log"]),
     )  # fmt: skip
 
-    async def scenario() -> tuple[int, str, str]:
-        settings = agent_settings(broker.url, dirs["configs"], dirs["secrets"])
-        async with running_agent(settings):
-            process = await asyncio.create_subprocess_exec(
-                *args,
-                env=cli_env(),
-                cwd=tmp_path,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(process.communicate(), 45)
-            assert process.returncode is not None
-            return process.returncode, out.decode(), err.decode()
-
-    code, out, err = asyncio.run(scenario())
+    settings = agent_settings(broker.url, dirs["configs"], dirs["secrets"])
+    async with running_agent(settings):
+        process = await asyncio.create_subprocess_exec(
+            *args,
+            env=cli_env(),
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        raw_out, raw_err = await asyncio.wait_for(process.communicate(), 45)
+        assert process.returncode is not None
+        code, out, err = process.returncode, raw_out.decode(), raw_err.decode()
 
     assert 0 == code, err
     assert EXPECTED == parse_nvs(nvs_region(board)).strings("prov")
