@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker_agent.broker.process import free_port
-from tests.conftest import Broker
+from tests.support.broker import Broker
 
 pytestmark = pytest.mark.timeout(60)
 
