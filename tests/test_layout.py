@@ -35,6 +35,7 @@ HOMES = {
     ),
     "watchfiles": Home(frozenset({"watchfiles"}), ("fleet/watcher.py",)),
     "web framework": Home(frozenset({"fastapi", "starlette", "uvicorn"}), ("http/",)),
+    "metrics library": Home(frozenset({"prometheus_client"}), ("http/",)),
 }
 
 
