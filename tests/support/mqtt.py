@@ -124,6 +124,14 @@ class Observer:
         await self.wait_for(arrived, timeout)
         return self.messages[checked]
 
+    async def nth(self, index: int, timeout: float = WAIT_TIMEOUT_S) -> aiomqtt.Message:
+        """The message at ``index`` in order of arrival, once it has arrived.
+
+        ``nth(len(observer.messages))`` taken before a request is the answer that follows it.
+        """
+        await self.wait_for(lambda: len(self.messages) > index, timeout)
+        return self.messages[index]
+
     async def first_on(self, topic: str, timeout: float = WAIT_TIMEOUT_S) -> aiomqtt.Message:
         """The first message received on ``topic`` (so far or later)."""
         return await self.first(lambda m: str(m.topic) == topic, timeout)
