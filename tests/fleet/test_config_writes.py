@@ -18,7 +18,15 @@ from broker_agent.app import Agent
 from firmware_contracts.payloads import ConfigEnvelope, config_sha256
 from tests.support.agent import agent_settings, running_agent
 from tests.support.broker import Broker
-from tests.support.mqtt import client_for, eventually, observe, retained_snapshot, v5_properties
+from tests.support.mqtt import (
+    Observer,
+    client_for,
+    eventually,
+    observe,
+    payload_of,
+    retained_snapshot,
+    v5_properties,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,15 +48,15 @@ def write_file(config_dir: Path, config: dict[str, Any], device: str = DEVICE) -
 
 
 @asynccontextmanager
-async def requester(url: str, **kwargs: Any) -> AsyncIterator[aiomqtt.Client]:
-    async with client_for(url, **kwargs) as client:
-        await client.subscribe(f"{RESPONSE}/#", qos=1)
-        await client.subscribe(RESPONSE, qos=1)
-        yield client
+async def requester(url: str, **kwargs: Any) -> AsyncIterator[Observer]:
+    """A writer's connection: it publishes on ``.client`` and records every answer it gets."""
+    client = client_for(url, **kwargs)
+    async with observe(client, f"{RESPONSE}/#", RESPONSE, qos=1) as writer:
+        yield writer
 
 
 async def ask(
-    client: aiomqtt.Client,
+    writer: Observer,
     body: dict[str, Any] | bytes,
     *,
     device: str = DEVICE,
@@ -60,18 +68,16 @@ async def ask(
         response_topic = f"iot/devices/{device}/config/set/response/t/{secrets.token_hex(4)}"
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
     correlation = secrets.token_bytes(8)
-    await client.publish(
+    next_answer = len(writer.messages)
+    await writer.client.publish(
         f"iot/devices/{device}/config/set",
         payload,
         qos=1,
         retain=retain,
         properties=v5_properties(response_topic, correlation),
     )
-    async with asyncio.timeout(10):
-        async for message in client.messages:
-            answer: dict[str, Any] = json.loads(bytes(message.payload))
-            return answer
-    raise AssertionError("no answer")
+    answer: dict[str, Any] = json.loads(payload_of(await writer.nth(next_answer)))
+    return answer
 
 
 async def retained_config(broker: Broker, device: str = DEVICE) -> ConfigEnvelope | None:
@@ -83,19 +89,19 @@ async def retained_config(broker: Broker, device: str = DEVICE) -> ConfigEnvelop
 @asynccontextmanager
 async def agent_and_requester(
     broker: Broker, config_dir: Path, **settings: Any
-) -> AsyncIterator[tuple[Agent, aiomqtt.Client]]:
+) -> AsyncIterator[tuple[Agent, Observer]]:
     async with (
         running_agent(agent_settings(broker.url, config_dir, **settings)) as agent,
-        requester(broker.url) as client,
+        requester(broker.url) as writer,
     ):
-        yield agent, client
+        yield agent, writer
 
 
 async def test_replace_is_answered_once_the_config_is_retained(
     broker: Broker, config_dir: Path
 ) -> None:
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, {"request_id": "w-1", "config": {"interval": 30}})
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, {"request_id": "w-1", "config": {"interval": 30}})
         retained = await retained_config(broker)  # no waiting: already there
     sha = config_sha256({"interval": 30})
     assert {"request_id": "w-1", "status": "ok", "device_id": DEVICE, "sha256": sha} == answer
@@ -105,8 +111,8 @@ async def test_replace_is_answered_once_the_config_is_retained(
 
 async def test_merge_patch_applies_onto_the_file(broker: Broker, config_dir: Path) -> None:
     write_file(config_dir, {"a": 1, "led": {"on": True, "level": 3}})
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, {"merge": {"led": {"level": None, "color": "red"}}})
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, {"merge": {"led": {"level": None, "color": "red"}}})
     expected = {"a": 1, "led": {"on": True, "color": "red"}}
     assert config_sha256(expected) == answer["sha256"]
     assert expected == json.loads((config_dir / f"{DEVICE}.json").read_text())
@@ -116,8 +122,8 @@ async def test_delete_removes_the_file_and_clears_the_retained_config(
     broker: Broker, config_dir: Path
 ) -> None:
     write_file(config_dir, {"a": 1})
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, {"request_id": "w-3", "delete": True})
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, {"request_id": "w-3", "delete": True})
         retained = await retained_config(broker)
     assert ("ok", None) == (answer["status"], answer["sha256"])
     assert retained is None
@@ -128,8 +134,8 @@ async def test_stale_if_sha256_is_a_conflict_naming_the_current_sha(
     broker: Broker, config_dir: Path
 ) -> None:
     current = write_file(config_dir, {"a": 1})
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, {"config": {"a": 2}, "if_sha256": "0" * 64})
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, {"config": {"a": 2}, "if_sha256": "0" * 64})
     assert "conflict" == answer["error"]["code"]
     assert current in answer["error"]["message"]
     assert {"a": 1} == json.loads((config_dir / f"{DEVICE}.json").read_text())
@@ -137,8 +143,8 @@ async def test_stale_if_sha256_is_a_conflict_naming_the_current_sha(
 
 async def test_matching_if_sha256_writes(broker: Broker, config_dir: Path) -> None:
     current = write_file(config_dir, {"a": 1})
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, {"config": {"a": 2}, "if_sha256": current})
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, {"config": {"a": 2}, "if_sha256": current})
     assert config_sha256({"a": 2}) == answer["sha256"]
 
 
@@ -146,30 +152,30 @@ async def test_schema_violation_is_refused_with_its_path(broker: Broker, config_
     (config_dir / "_schema.json").write_text(
         json.dumps({"properties": {"interval": {"type": "integer", "minimum": 5}}})
     )
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, {"config": {"interval": 1}})
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, {"config": {"interval": 1}})
     assert "schema_violation" == answer["error"]["code"]
     assert "$.interval" in answer["error"]["message"]
     assert not (config_dir / f"{DEVICE}.json").exists()
 
 
 async def test_nan_is_invalid_json(broker: Broker, config_dir: Path) -> None:
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, b'{"request_id": "w-5", "config": {"x": NaN}}')
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, b'{"request_id": "w-5", "config": {"x": NaN}}')
     assert "invalid_json" == answer["error"]["code"]
 
 
 async def test_merge_on_a_device_without_config_is_unknown_device(
     broker: Broker, config_dir: Path
 ) -> None:
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, {"merge": {"a": 1}})
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, {"merge": {"a": 1}})
     assert "unknown_device" == answer["error"]["code"]
 
 
 async def test_writes_disabled_by_setting(broker: Broker, config_dir: Path) -> None:
-    async with agent_and_requester(broker, config_dir, config_writes=False) as (_, client):
-        answer = await ask(client, {"config": {"a": 1}})
+    async with agent_and_requester(broker, config_dir, config_writes=False) as (_, writer):
+        answer = await ask(writer, {"config": {"a": 1}})
     assert "writes_disabled" == answer["error"]["code"]
     assert not (config_dir / f"{DEVICE}.json").exists()
 
@@ -186,15 +192,15 @@ def immutable_dir(config_dir: Path) -> Iterator[Path]:
 
 
 async def test_read_only_directory_is_writes_disabled(broker: Broker, immutable_dir: Path) -> None:
-    async with agent_and_requester(broker, immutable_dir) as (_, client):
-        answer = await ask(client, {"config": {"a": 1}})
+    async with agent_and_requester(broker, immutable_dir) as (_, writer):
+        answer = await ask(writer, {"config": {"a": 1}})
     assert "writes_disabled" == answer["error"]["code"]
 
 
 @pytest.mark.allow_contract_violations
 async def test_retained_write_is_refused_and_cleared(broker: Broker, config_dir: Path) -> None:
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, {"request_id": "w-7", "config": {"a": 1}}, retain=True)
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, {"request_id": "w-7", "config": {"a": 1}}, retain=True)
         await asyncio.sleep(0)  # the clear follows the answer
         left = await retained_snapshot(broker.url, SET)
     assert ("retained_request_rejected", "w-7") == (answer["error"]["code"], answer["request_id"])
@@ -208,10 +214,10 @@ async def test_retained_write_never_answers_on_a_foreign_topic(
 ) -> None:
     async with (
         observe(broker.url, "iot/elsewhere") as elsewhere,
-        agent_and_requester(broker, config_dir) as (_, client),
+        agent_and_requester(broker, config_dir) as (_, writer),
     ):
         answer = await ask(
-            client,
+            writer,
             {"request_id": "w-10", "delete": True},
             retain=True,
             response_topic="iot/elsewhere",
@@ -224,43 +230,40 @@ async def test_retained_write_never_answers_on_a_foreign_topic(
 async def test_write_retained_before_the_agent_started_is_refused(
     broker: Broker, config_dir: Path
 ) -> None:
-    async with requester(broker.url) as client:
-        await client.publish(SET, b'{"request_id": "old", "config": {"a": 1}}', qos=1, retain=True)
+    async with requester(broker.url) as writer:
+        await writer.client.publish(
+            SET, b'{"request_id": "old", "config": {"a": 1}}', qos=1, retain=True
+        )
         async with running_agent(agent_settings(broker.url, config_dir)):
-            async with asyncio.timeout(10):
-                async for message in client.messages:
-                    answer = json.loads(bytes(message.payload))
-                    break
+            answer = json.loads(payload_of(await writer.nth(0)))
     assert ("retained_request_rejected", "old") == (answer["error"]["code"], answer["request_id"])
 
 
 async def test_foreign_response_topic_is_refused_on_the_default_topic(
     broker: Broker, config_dir: Path
 ) -> None:
-    async with agent_and_requester(broker, config_dir) as (_, client):
-        answer = await ask(client, {"config": {"a": 1}}, response_topic="iot/elsewhere")
+    async with agent_and_requester(broker, config_dir) as (_, writer):
+        answer = await ask(writer, {"config": {"a": 1}}, response_topic="iot/elsewhere")
     assert "invalid_response_topic" == answer["error"]["code"]
 
 
 async def test_mqtt_311_writer_gets_the_default_topic(broker: Broker, config_dir: Path) -> None:
     async with (
         running_agent(agent_settings(broker.url, config_dir)),
-        requester(broker.url, protocol=aiomqtt.ProtocolVersion.V311) as client,
+        requester(broker.url, protocol=aiomqtt.ProtocolVersion.V311) as writer,
     ):
-        await client.publish(SET, b'{"request_id": "v3", "config": {"a": 1}}', qos=1)
-        async with asyncio.timeout(10):
-            async for message in client.messages:
-                assert RESPONSE == str(message.topic)
-                assert "ok" == json.loads(bytes(message.payload))["status"]
-                break
+        await writer.client.publish(SET, b'{"request_id": "v3", "config": {"a": 1}}', qos=1)
+        message = await writer.nth(0)
+    assert RESPONSE == str(message.topic)
+    assert "ok" == json.loads(payload_of(message))["status"]
 
 
 async def test_config_written_event_says_who_and_what(broker: Broker, config_dir: Path) -> None:
     async with (
         observe(broker.url, "iot/agents/+/events") as seen,
-        agent_and_requester(broker, config_dir) as (_, client),
+        agent_and_requester(broker, config_dir) as (_, writer),
     ):
-        answer = await ask(client, {"request_id": "w-8", "config": {"a": 1}})
+        answer = await ask(writer, {"request_id": "w-8", "config": {"a": 1}})
         await seen.wait_for(lambda: any(e["event"] == "config_written" for e in seen.events()))
     event = next(e for e in seen.events() if e["event"] == "config_written")
     assert (DEVICE, "w-8", answer["sha256"]) == (
@@ -278,10 +281,10 @@ async def test_two_agents_share_writes_without_a_double_write(
         observe(broker.url, "iot/agents/+/events") as seen,
         running_agent(agent_settings(broker.url, config_dir, agent_id="agent-a")),
         running_agent(agent_settings(broker.url, config_dir, agent_id="agent-b")),
-        requester(broker.url) as client,
+        requester(broker.url) as writer,
     ):
         answers = [
-            await ask(client, {"request_id": f"w-{i}", "config": {"n": i}}) for i in range(count)
+            await ask(writer, {"request_id": f"w-{i}", "config": {"n": i}}) for i in range(count)
         ]
 
         def written() -> list[dict[str, Any]]:
@@ -303,7 +306,7 @@ async def test_write_racing_a_file_edit_never_leaves_them_apart(
     broker: Broker, config_dir: Path
 ) -> None:
     write_file(config_dir, {"n": -1})
-    async with agent_and_requester(broker, config_dir) as (_, client):
+    async with agent_and_requester(broker, config_dir) as (_, writer):
 
         async def edit_file() -> None:
             for i in range(20):
@@ -311,7 +314,7 @@ async def test_write_racing_a_file_edit_never_leaves_them_apart(
                 await asyncio.sleep(0.005)
 
         editing = asyncio.create_task(edit_file())
-        answers = [await ask(client, {"config": {"n": i}}) for i in range(10)]
+        answers = [await ask(writer, {"config": {"n": i}}) for i in range(10)]
         await editing
         on_disk = json.loads((config_dir / f"{DEVICE}.json").read_text())
 
