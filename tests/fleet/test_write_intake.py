@@ -3,7 +3,6 @@ subscriptions, retained writes on invalid device ids, and a full queue."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from broker_agent.fleet import writer
 from tests.fleet.test_config_writes import ask, requester, retained_config
 from tests.support.agent import agent_settings, running_agent
 from tests.support.broker import Broker
-from tests.support.mqtt import client_for, eventually, retained_snapshot
+from tests.support.mqtt import client_for, eventually, payload_of, retained_snapshot
 from tests.support.mqtt_proxy import no_shared_broker
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,20 +70,20 @@ async def test_writes_past_a_full_queue_are_answered_busy_with_one_warning(
     with structlog.testing.capture_logs() as logs:
         async with (
             running_agent(agent_settings(broker.url, config_dir)),
-            requester(broker.url) as client,
+            requester(broker.url) as requests,
         ):
             for index in range(count):  # QoS 0: one burst, as fast as the socket takes it
                 body = {"request_id": f"w-{index}", "config": {"n": index}}
-                await client.publish(
+                await requests.client.publish(
                     "iot/devices/dev-1/config/set", json.dumps(body).encode(), qos=0
                 )
-            answers: dict[str, dict[str, Any]] = {}  # the requester reads two overlapping filters
-            async with asyncio.timeout(30):
-                async for message in client.messages:
-                    answer = json.loads(bytes(message.payload))
-                    answers[answer["request_id"]] = answer
-                    if len(answers) == count:
-                        break
+
+            def by_request_id() -> dict[str, dict[str, Any]]:  # two overlapping filters
+                found = (json.loads(payload_of(m)) for m in requests.messages)
+                return {answer["request_id"]: answer for answer in found}
+
+            await requests.wait_for(lambda: len(by_request_id()) == count, timeout=30)
+            answers = by_request_id()
 
     busy = [a for a in answers.values() if a["status"] == "error"]
     assert busy, "a burst of 60 writes into a queue of 1 got no busy answer"
