@@ -7,9 +7,8 @@ import pytest
 import structlog
 
 from broker_agent.provisioning import responder
-from tests.provisioning.test_responder import Fleet, error_of, requester
-from tests.provisioning.test_responder import fleet as fleet  # the fixture, reused
 from tests.support.agent import running_agent
+from tests.support.provisioning import Fleet, error_of, requester
 
 pytestmark = pytest.mark.timeout(60)
 

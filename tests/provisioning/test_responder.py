@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import resource
-import secrets
 import signal
-import socket
 import stat
 import sys
 from collections.abc import AsyncIterator, MutableMapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,151 +27,28 @@ from broker_agent.errors import ProvisionFailure
 from broker_agent.mqtt import Router, make_connection
 from broker_agent.provisioning.messages import ProvisionedImage
 from broker_agent.provisioning.requester import ImageRequester
-from broker_agent.settings import AgentSettings
 from firmware_contracts.codes import ProvisionErrorCode
 from firmware_contracts.identifiers import is_request_id
 from firmware_contracts.nvs import NVS_NAMESPACE
-from firmware_contracts.payloads import AgentEvent, ProvisionError, ProvisionOk
-from firmware_contracts.topics import TopicKind, Topics
-from tests.support.agent import agent_settings, running_agent
+from firmware_contracts.payloads import AgentEvent
+from firmware_contracts.topics import TopicKind
+from tests.support.agent import running_agent
 from tests.support.broker import PROJECT, Broker
-from tests.support.mqtt import (
-    Observer,
-    client_for,
-    correlation_of,
-    observe,
-    payload_of,
-    retained_snapshot,
-    v5_properties,
-)
+from tests.support.mqtt import observe, retained_snapshot
 from tests.support.nvs_parser import parse_nvs
+from tests.support.provisioning import (
+    FLEET,
+    KITCHEN,
+    SECRETS,
+    TOPICS,
+    Fleet,
+    Reply,
+    error_of,
+    ok_image,
+    requester,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-TOPICS = Topics("iot")
-FLEET = {
-    "token_url": "https://auth.example.invalid/token",
-    "base_url": "https://api.example.invalid/",
-    "wifi_ssid": "fleet-wifi",
-    "wifi_password": "FLEET-WIFI-PASSWORD-q1w2e3",
-}
-KITCHEN = {"client_id": "iotdevice-kitchen-01", "client_secret": "KITCHEN-SECRET-z9y8x7"}
-SECRETS = ("FLEET-WIFI-PASSWORD-q1w2e3", "KITCHEN-SECRET-z9y8x7")
-
-
-@dataclass
-class Fleet:
-    broker: Broker
-    config_dir: Path
-    secrets_dir: Path
-
-    def settings(self, **extra: Any) -> AgentSettings:
-        return agent_settings(self.broker.url, self.config_dir, self.secrets_dir, **extra)
-
-
-@pytest.fixture
-def fleet(broker: Broker, tmp_path: Path) -> Fleet:
-    config_dir, secrets_dir = tmp_path / "configs", tmp_path / "secrets"
-    config_dir.mkdir()
-    secrets_dir.mkdir()
-    for device in ("kitchen-01", "garage-door", "lonely"):
-        (config_dir / f"{device}.json").write_text('{"telemetry_interval_s": 30}')
-    (secrets_dir / "_fleet.json").write_text(json.dumps(FLEET))
-    (secrets_dir / "kitchen-01.json").write_text(json.dumps(KITCHEN))
-    (secrets_dir / "garage-door.json").write_text(
-        json.dumps({"client_id": "gd", "client_secret": "GARAGE-SECRET-1", "wifi_ssid": None})
-    )
-    return Fleet(broker, config_dir, secrets_dir)
-
-
-# -- a requester ------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    topic: str
-    document: dict[str, Any]
-    correlation: bytes | None
-    retain: bool
-    properties: Any
-
-    @classmethod
-    def of(cls, message: aiomqtt.Message) -> Reply:
-        document = json.loads(payload_of(message))
-        return cls(
-            str(message.topic),
-            document,
-            correlation_of(message),
-            message.retain,
-            message.properties,
-        )
-
-
-@dataclass
-class Requester:
-    """A station's side of provisioning: requests go out on its observer's connection, and
-    every provisioning response that observer received reads back as a ``Reply``."""
-
-    responses: Observer
-
-    @property
-    def replies(self) -> list[Reply]:
-        return [Reply.of(message) for message in self.responses.messages]
-
-    async def send(
-        self,
-        device_id: str,
-        payload: bytes | dict[str, Any],
-        *,
-        response_topic: str | None = None,
-        correlation: bytes | None = None,
-        retain: bool = False,
-        topic: str | None = None,
-    ) -> None:
-        props = v5_properties(response_topic, correlation)
-        body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
-        await self.responses.client.publish(
-            topic or TOPICS.provision_request(device_id),
-            body,
-            qos=1,
-            retain=retain,
-            properties=props,
-        )
-
-    async def wait(self, count: int, timeout: float = 10.0) -> list[Reply]:
-        await self.responses.wait_for(lambda: len(self.responses.messages) >= count, timeout)
-        return self.replies
-
-    async def ask(self, device_id: str, payload: bytes | dict[str, Any], **kwargs: Any) -> Reply:
-        correlation = secrets.token_bytes(8)
-        await self.send(device_id, payload, correlation=correlation, **kwargs)
-        return Reply.of(await self.responses.first(lambda m: correlation_of(m) == correlation))
-
-
-@asynccontextmanager
-async def requester(
-    broker: Broker, protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V5
-) -> AsyncIterator[Requester]:
-    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # no 40 ms Nagle stalls per request
-    client = client_for(broker.url, protocol=protocol, socket_options=nodelay)
-    async with observe(
-        client, "iot/provision/+/response/#", qos=1
-    ) as responses:  # and .../response
-        yield Requester(responses)
-
-
-def ok_image(reply: Reply) -> tuple[ProvisionOk, dict[str, str]]:
-    ok = ProvisionOk.model_validate(reply.document)
-    data = base64.b64decode(ok.data)
-    assert ok.partition_size == len(data)
-    parsed = parse_nvs(data)
-    assert [NVS_NAMESPACE] == list(parsed.namespaces)
-    return ok, parsed.strings(NVS_NAMESPACE)
-
-
-def error_of(reply: Reply) -> tuple[str, ProvisionErrorCode, str]:
-    error = ProvisionError.model_validate(reply.document)
-    return error.request_id, error.error.code, error.error.message
 
 
 # -- the happy path ---------------------------------------------------------------------------
