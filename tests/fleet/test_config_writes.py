@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -15,24 +14,21 @@ import aiomqtt
 import pytest
 
 from broker_agent.app import Agent
-from firmware_contracts.payloads import ConfigEnvelope, config_sha256
+from firmware_contracts.payloads import config_sha256
 from tests.support.agent import agent_settings, running_agent
 from tests.support.broker import Broker
-from tests.support.mqtt import (
-    Observer,
-    client_for,
-    eventually,
-    observe,
-    payload_of,
-    retained_snapshot,
-    v5_properties,
+from tests.support.config_writes import (
+    DEVICE,
+    RESPONSE,
+    SET,
+    ask,
+    requester,
+    retained_config,
+    write_file,
 )
+from tests.support.mqtt import Observer, eventually, observe, payload_of, retained_snapshot
 
 pytestmark = pytest.mark.timeout(60)
-
-DEVICE = "dev-1"
-SET = f"iot/devices/{DEVICE}/config/set"
-RESPONSE = f"{SET}/response"
 
 
 @pytest.fixture
@@ -40,50 +36,6 @@ def config_dir(tmp_path: Path) -> Path:
     path = tmp_path / "configs"
     path.mkdir()
     return path
-
-
-def write_file(config_dir: Path, config: dict[str, Any], device: str = DEVICE) -> str:
-    (config_dir / f"{device}.json").write_text(json.dumps(config))
-    return config_sha256(config)
-
-
-@asynccontextmanager
-async def requester(url: str, **kwargs: Any) -> AsyncIterator[Observer]:
-    """A writer's connection: it publishes on ``.client`` and records every answer it gets."""
-    client = client_for(url, **kwargs)
-    async with observe(client, f"{RESPONSE}/#", RESPONSE, qos=1) as writer:
-        yield writer
-
-
-async def ask(
-    writer: Observer,
-    body: dict[str, Any] | bytes,
-    *,
-    device: str = DEVICE,
-    retain: bool = False,
-    response_topic: str | None = "",
-) -> dict[str, Any]:
-    """Send one write; the answer (on our own response topic unless told otherwise)."""
-    if response_topic == "":
-        response_topic = f"iot/devices/{device}/config/set/response/t/{secrets.token_hex(4)}"
-    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-    correlation = secrets.token_bytes(8)
-    next_answer = len(writer.messages)
-    await writer.client.publish(
-        f"iot/devices/{device}/config/set",
-        payload,
-        qos=1,
-        retain=retain,
-        properties=v5_properties(response_topic, correlation),
-    )
-    answer: dict[str, Any] = json.loads(payload_of(await writer.nth(next_answer)))
-    return answer
-
-
-async def retained_config(broker: Broker, device: str = DEVICE) -> ConfigEnvelope | None:
-    topic = f"iot/devices/{device}/config"
-    payload = (await retained_snapshot(broker.url, topic)).get(topic)
-    return ConfigEnvelope.model_validate_json(payload) if payload else None
 
 
 @asynccontextmanager

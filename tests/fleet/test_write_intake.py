@@ -11,9 +11,9 @@ import pytest
 import structlog
 
 from broker_agent.fleet import writer
-from tests.fleet.test_config_writes import ask, requester, retained_config
 from tests.support.agent import agent_settings, running_agent
 from tests.support.broker import Broker
+from tests.support.config_writes import ask, requester, retained_config
 from tests.support.mqtt import client_for, eventually, payload_of, retained_snapshot
 from tests.support.mqtt_proxy import no_shared_broker
 
