@@ -77,10 +77,12 @@ async def test_online_expires_without_refresh(make_broker: MakeBroker) -> None:
 
 async def test_refreshed_online_outlives_its_expiry(make_broker: MakeBroker) -> None:
     broker = make_broker()
-    presence = Presence(TOPIC, b'{"state": "offline"}', expiry_s=1, refresh_s=0.3)
+    # Mosquitto counts expiry on a one-second clock: a 1 s expiry can end at once, so a
+    # refresh every 0.3 s still left gaps (seen in CI); 3 s leaves every copy >= 2 s of life
+    presence = Presence(TOPIC, b'{"state": "offline"}', expiry_s=3, refresh_s=0.3)
 
     async with announced(broker.url, presence, refresh=True):
-        await asyncio.sleep(2.2)
+        await asyncio.sleep(3.5)  # past the expiry of the first copy
         got = await retained(broker.url, TOPIC)
 
     assert got is not None and b'{"state": "online"}' == got.payload
