@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from broker_agent.commands.console import run_console
 from broker_agent.http.server import HttpServer
-from broker_agent.settings import ConsoleSettings
+from broker_agent.settings import AgentSettings, ConsoleSettings
 from tests.broker.conftest import certs, secure_broker  # noqa: F401 - the fixtures
 from tests.http.console_harness import eventually
 from tests.support.agent import agent_settings, running_agent
@@ -50,6 +50,20 @@ async def console_as(b: SecureBroker, user: str, password: str) -> AsyncIterator
         yield http
 
 
+def agent_of(b: SecureBroker) -> AgentSettings:
+    """The agent on the production profile's TLS listener, with its own account."""
+    return agent_settings(
+        f"mqtts://localhost:{b.tls_port}",
+        b.config_dir,
+        b.secrets_dir,
+        agent_id="test-agent",
+        mqtt_username="test-agent",
+        mqtt_password=SecretStr(b.passwords["test-agent"]),
+        ca_file=b.certs.ca_cert,
+        http_listen="",
+    )
+
+
 async def write(http: httpx.AsyncClient, device_id: str, config: dict[str, Any]) -> httpx.Response:
     token = (await http.get("/api/session")).json()["csrf_token"]
     return await http.put(
@@ -61,17 +75,7 @@ async def test_an_operator_account_works_and_a_device_account_cannot(
     secure_broker: SecureBroker,  # noqa: F811 - the fixture imported above
 ) -> None:
     b = secure_broker
-    agent = agent_settings(
-        f"mqtts://localhost:{b.tls_port}",
-        b.config_dir,
-        b.secrets_dir,
-        agent_id="test-agent",
-        mqtt_username="test-agent",
-        mqtt_password=SecretStr(b.passwords["test-agent"]),
-        ca_file=b.certs.ca_cert,
-        http_listen="",
-    )
-    async with running_agent(agent):
+    async with running_agent(agent_of(b)):
         async with console_as(b, "operator", b.passwords["operator"]) as operator:
 
             async def both() -> bool:
@@ -106,17 +110,7 @@ async def test_only_an_operator_listed_as_provisioner_downloads_an_image(
     secure_broker: SecureBroker,  # noqa: F811 - the fixture imported above
 ) -> None:
     b = secure_broker
-    agent = agent_settings(
-        f"mqtts://localhost:{b.tls_port}",
-        b.config_dir,
-        b.secrets_dir,
-        agent_id="test-agent",
-        mqtt_username="test-agent",
-        mqtt_password=SecretStr(b.passwords["test-agent"]),
-        ca_file=b.certs.ca_cert,
-        http_listen="",
-    )
-    async with running_agent(agent):
+    async with running_agent(agent_of(b)):
         async with console_as(b, "console-1", b.passwords["console-1"]) as provisioner:
             granted = await download(provisioner, "dev-a")
         async with console_as(b, "operator", b.passwords["operator"]) as operator:
