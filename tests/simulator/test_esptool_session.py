@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from esptool import cmds
@@ -22,12 +21,12 @@ from serial import SerialException
 from broker_agent.simulator import BoardConfig, BoardServer, Fault, SimulatedBoard
 from firmware_contracts.codes import FlashErrorCode
 from firmware_contracts.partition_table import (
-    PARTITION_TABLE_MAX_SIZE,
     PARTITION_TABLE_OFFSET,
     PartitionTableError,
     find_nvs_partition,
     parse_partition_table,
 )
+from tests.simulator.sessions import read_table, stub_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,22 +42,6 @@ def serve(config: BoardConfig | None = None) -> BoardServer:
 def server() -> Iterator[BoardServer]:
     with BoardServer(SimulatedBoard(BoardConfig(mac="24:0a:c4:aa:bb:01"))) as running:
         yield running
-
-
-def stub_session(url: str) -> Any:
-    esp = cmds.detect_chip(url, connect_attempts=1)
-    esp = cmds.run_stub(esp)
-    cmds.attach_flash(esp)
-    return esp
-
-
-def read_table(url: str) -> bytes:
-    esp = stub_session(url)
-    try:
-        data: bytes = cmds.read_flash(esp, PARTITION_TABLE_OFFSET, PARTITION_TABLE_MAX_SIZE)
-    finally:
-        esp._port.close()
-    return data
 
 
 def test_detect_chip_sees_an_esp32_with_the_configured_mac(server: BoardServer) -> None:
