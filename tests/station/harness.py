@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 
 from broker_agent.settings import StationSettings
-from broker_agent.simulator import BoardConfig, BoardServer, SimulatedBoard
+from broker_agent.simulator import BoardConfig, BoardServer, SimulatedBench, SimulatedBoard
 from broker_agent.station.station import Station
 from firmware_contracts.codes import FlashPhase
 from firmware_contracts.payloads import FlashEvent
@@ -240,3 +240,24 @@ def single_error(events: list[dict[str, Any]]) -> dict[str, Any]:
     event = events[0]
     assert ("error", "connecting", 0) == (event["status"], event["phase"], event["progress"])
     return event
+
+
+# -- zero-touch jobs ---------------------------------------------------------------------
+
+
+def auto_finals(operator: Commander) -> list[dict[str, Any]]:
+    return [e for e in operator.finals() if e["request_id"].startswith("auto-")]
+
+
+async def next_auto_final(operator: Commander, seen: int) -> dict[str, Any]:
+    """The final event of the next zero-touch job, and check its whole stream."""
+    await operator.wait(lambda: len(auto_finals(operator)) > seen, timeout=30)
+    final = auto_finals(operator)[seen]
+    events = operator.events(final["request_id"])
+    assert_stream(events, ok=final["status"] == "ok")
+    return final
+
+
+def bench_of(station: Station) -> SimulatedBench:
+    assert station.bench is not None
+    return station.bench

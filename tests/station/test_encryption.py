@@ -25,7 +25,6 @@ from broker_agent.provisioning.nvs_keys import nvs_keys_partition
 from broker_agent.simulator import (
     BoardConfig,
     BoardServer,
-    SimulatedBench,
     SimulatedBoard,
     encrypted_nvs,
     with_nvs_keys,
@@ -33,18 +32,18 @@ from broker_agent.simulator import (
 from broker_agent.simulator.tables import NVS_KEYS_DEFAULT_OFFSET
 from broker_agent.station.commands import JobRequest
 from broker_agent.station.flasher import FlashProgress, run_flash_job
-from broker_agent.station.station import Station
 from broker_agent.station.targets import NvsImage, NvsTarget
 from firmware_contracts.codes import FlashErrorCode, FlashPhase
 from tests.conftest import PROJECT
 from tests.station.harness import (
     Bench,
-    Commander,
     Plugged,
     assert_stream,
+    bench_of,
     boards,
     commander,
     credentials,
+    next_auto_final,
     nvs_region,
     simulated,
 )
@@ -280,20 +279,6 @@ async def test_a_board_whose_keys_partition_differs_is_rewritten(bench: Bench) -
 
     assert (None, "ok") == (again[-1].get("skipped"), again[-1]["status"])
     assert nvs_keys_partition(stored_key(bench)) == keys
-
-
-async def next_auto_final(operator: Commander, seen: int) -> dict[str, Any]:
-    await operator.wait(lambda: len(auto_finals(operator)) > seen, timeout=30)
-    return auto_finals(operator)[seen]
-
-
-def auto_finals(operator: Commander) -> list[dict[str, Any]]:
-    return [e for e in operator.finals() if e["request_id"].startswith("auto-")]
-
-
-def bench_of(station: Station) -> SimulatedBench:
-    assert station.bench is not None
-    return station.bench
 
 
 async def test_a_replugged_encrypted_board_is_skipped_on_a_zero_touch_bench(

@@ -5,18 +5,17 @@ are flashed without a command (real Mosquitto, agent, esptool; the bench plugs a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from broker_agent.simulator import BoardConfig, SimulatedBench, SimulatedBoard
-from broker_agent.station.station import Station
+from broker_agent.simulator import BoardConfig, SimulatedBoard
 from tests.station.harness import (
     Bench,
-    Commander,
     assert_stream,
+    bench_of,
     commander,
     credentials,
+    next_auto_final,
     nvs_region,
     simulated,
 )
@@ -26,24 +25,6 @@ from tests.support.station import running_station
 pytestmark = pytest.mark.timeout(90)
 
 FIRST_MAC = "24:0a:c4:00:00:01"  # the board --simulate 1 starts with
-
-
-def auto_finals(operator: Commander) -> list[dict[str, Any]]:
-    return [e for e in operator.finals() if e["request_id"].startswith("auto-")]
-
-
-async def next_auto_final(operator: Commander, seen: int) -> dict[str, Any]:
-    """The final event of the next zero-touch job, and check its whole stream."""
-    await operator.wait(lambda: len(auto_finals(operator)) > seen, timeout=30)
-    final = auto_finals(operator)[seen]
-    events = operator.events(final["request_id"])
-    assert_stream(events, ok=final["status"] == "ok")
-    return final
-
-
-def bench_of(station: Station) -> SimulatedBench:
-    assert station.bench is not None
-    return station.bench
 
 
 async def test_a_board_plugged_in_is_flashed_with_the_id_its_mac_maps_to(
